@@ -1937,9 +1937,11 @@ def refine_top_k(
             between them. Default: the order they were re-scored in: the first pool's order, then at each
             wider pool the top ``k`` so far before its new rows (in pool order); ``fallback``'s own order
             for the queries it scores.
-        max_pool: The most rows a pool may hold (at least ``k``), so that ``candidates`` is never asked for more
-            than ``max_pool + 1`` (a search that returns at most that many: Milvus' ``MAX_TOPK``); a query that a
-            pool so capped does not prove goes to ``fallback``. Default: no cap.
+        max_pool: The most rows a pool may hold, read as ``max(k, max_pool)`` (a pool holds at least ``k``): every
+            pool is then at most ``max(k, max_pool)`` rows, and ``candidates`` is asked for at most
+            ``max(k, max_pool) + 1`` (the pool and its witness; also at most ``n_allowed`` once that is known), so
+            a search that returns at most ``max_pool + 1`` rows (Milvus' ``MAX_TOPK``) serves every call where
+            ``k <= max_pool``; a query that a pool so capped does not prove goes to ``fallback``. Default: no cap.
 
     Returns:
         ``(rows, scores)``, shape ``(nq, k)``, best first, float64 scores; ``-1`` / ``-inf`` padding.

@@ -277,9 +277,9 @@ def test_load_shows_its_plain_defaults_and_takes_them_when_nothing_is_given(
     seen: list[Any] = []
     real = faiss_module._format.check_files
 
-    def recording(folder: Path, files: dict[str, Any], verify_checksums: Any) -> None:
+    def recording(folder: Path, files: dict[str, Any], verify_checksums: Any, *rest: Any) -> None:
         seen.append(verify_checksums)
-        real(folder, files, verify_checksums)
+        real(folder, files, verify_checksums, *rest)
 
     monkeypatch.setattr(faiss_module._format, "check_files", recording)
     KLStore.load(folder)

@@ -371,9 +371,15 @@ def _shifted_bound(first: np.ndarray, rest: np.ndarray) -> float:
     return float(np.sqrt(((first - first.mean()) ** 2 + rest).max()))
 
 
+def _row_sq_norms(x: np.ndarray) -> np.ndarray:
+    """Squared Euclidean norm of each row of ``x`` (as :func:`~kl_retrievers.gaussian.reduce_document_vectors`
+    computes it for its extra coordinate)."""
+    return np.einsum("ij,ij->i", x, x)
+
+
 def _row_norms(x: np.ndarray) -> np.ndarray:
     """Euclidean norm of each row of ``x``."""
-    return np.sqrt(np.einsum("ij,ij->i", x, x))
+    return np.sqrt(_row_sq_norms(x))
 
 
 def _largest_norms(top: _TopNorms, rows: np.ndarray, norms: np.ndarray) -> _TopNorms:
@@ -650,6 +656,9 @@ class FaissEngine(ABC):
         if self.index is not None and self.index.ntotal > n:
             self.own()
             self.index.remove_ids(_faiss().IDSelectorRange(n, self.index.ntotal))
+
+    def repair(self) -> None:  # noqa: B027 - the flat index is never left partial (remove_ids is one FAISS call)
+        """Rebuild an index that an interrupted write left holding only some rows (approximate indexes only)."""
 
     def config(self) -> dict[str, Any]:
         """The engine's numbers saved in ``config.json``."""
@@ -1343,6 +1352,9 @@ class ApproxEngine(FaissEngine):
         self._far = _NO_ROWS
         self._load_rows = 0  # rows read so far by load
         self._build_rows: _Reduced | None = None  # during a rebuild's add: the rows its norm pass kept (_norm_pass)
+        # the index was reset and not every row added back (an interrupted _refill): searches are exact, and the
+        # next write rebuilds it (see _refill)
+        self._partial = False
 
     @property
     def norm_bound(self) -> float | None:
@@ -1562,6 +1574,14 @@ class ApproxEngine(FaissEngine):
         # the offset is applied by _shifted, the one place the engine shifts (offset 0 below: already shifted)
         return reduce_document_vectors(self._shifted(self._centred(dvec)), 0.0, self._norm_bound, width=self.width)
 
+    def _reduce_shifted(self, shifted: np.ndarray, sq: np.ndarray | None = None) -> _Reduced:
+        """float32 reduced vectors of centred, shifted ``d~`` rows and their norms, each row's squared norm computed
+        once (``sq``, where the caller has it): what :func:`~kl_retrievers.gaussian.reduce_document_vectors` and
+        :func:`_row_norms` give, bit for bit, without computing the norms twice (:meth:`_complete`)."""
+        vectors = np.zeros((shifted.shape[0], self.width), dtype=np.float32)
+        vectors[:, : shifted.shape[1]] = shifted
+        return self._complete((vectors, _row_sq_norms(shifted) if sq is None else sq))
+
     def _query_vectors(self, qg: Gaussians) -> np.ndarray:
         """float64 ``q~`` of the queries' means centred on ``centre`` (their first coordinate stays 1)."""
         if self.centre is None:
@@ -1573,10 +1593,6 @@ class ApproxEngine(FaissEngine):
         """float32 reduced query vectors (:func:`~kl_retrievers.gaussian.reduce_query_vectors`)."""
         assert self._norm_bound is not None
         return reduce_query_vectors(self._query_vectors(qg), self._norm_bound, width=self.width)
-
-    def _norms(self, dvec: np.ndarray) -> np.ndarray:
-        """Norms of the centred, shifted rows of ``d~``."""
-        return _row_norms(self._shifted(self._centred(dvec)))
 
     def _live_blocks(self, live: np.ndarray) -> list[np.ndarray | slice]:
         """Row selectors of the table's live rows ``live`` in blocks of ``_BUILD_BLOCK`` (slices when none is dead)."""
@@ -1763,14 +1779,18 @@ class ApproxEngine(FaissEngine):
         table, top = self.table, 0.0
         rows = np.arange(table.n_rows) if live is None else live
         reduced = None if live is None else self._build_rows
+        if reduced is not None and not reduced[0].shape[0] == reduced[1].size == rows.size:
+            raise RuntimeError(  # an internal error: the norm pass read the same live rows, in the same blocks
+                f"internal error: the rebuild's norm pass kept {reduced[0].shape[0]} reduced vectors and "
+                f"{reduced[1].size} norms for {rows.size} live rows"
+            )
         hnsw = self.settings.index_type == "hnsw"
         hashes = []
         largest, b = _NO_TOP, 0  # entry b + j is the j-th row of a block (a row number once compacted)
         for sel in self._live_blocks(rows):
             if reduced is None:
                 shifted = self._shifted(self._centred(table.doc_vectors(sel)))  # as _reduced, keeping the norms
-                norms = _row_norms(shifted)
-                vectors = reduce_document_vectors(shifted, 0.0, self._norm_bound, width=self.width)
+                vectors, norms = self._reduce_shifted(shifted)
                 del shifted
             else:  # the blocks of _live_blocks, which the norm pass read too
                 vectors, norms = reduced[0][b : b + _BUILD_BLOCK], reduced[1][b : b + _BUILD_BLOCK]
@@ -1805,7 +1825,7 @@ class ApproxEngine(FaissEngine):
             )
         if self.table.dead():
             self.table.compact()
-        self.index, self.viewed, self._held_refine = None, False, None
+        self.index, self.viewed, self._held_refine, self._partial = None, False, None, False
         self._norm_bound, self.offset, self.centre = None, 0.0, None
         self._copies.clear()
         self._set_top_norms(_NO_TOP)
@@ -1843,11 +1863,13 @@ class ApproxEngine(FaissEngine):
         """The largest norm of the live rows' centred, shifted ``d~`` (:meth:`_norms`), its position in ``live``,
         and with ``keep`` the rows' reduced vectors and norms (``None`` without).
 
-        ``keep`` is for a build whose sample is every live row (at most 65,536): each block's float64 ``d~``,
-        built here once, also gives the rows' float32 reduced vectors (:meth:`_reduced`: the same values), whose
-        last coordinate is filled in once ``M`` is known (from each row's squared norm, kept meanwhile). The
-        training and :meth:`_add_all` then read them, instead of building every row's ``d~`` twice more. They
-        take 4 bytes per coordinate, as the training sample they stand for; float64 only within a block.
+        ``keep`` is for a build whose sample is every live row (at most the sample's size, :meth:`rebuild`: 16,384
+        rows for an index that needs no training, ``max(65,536, 64 x nlist)`` for IVF, 65,536 for HNSW with trained
+        codes): each block's float64 ``d~``, built here once, also gives the rows' float32 reduced vectors
+        (:meth:`_reduced`: the same values), whose last coordinate is filled in once ``M`` is known (from each row's
+        squared norm, kept meanwhile). The training and :meth:`_add_all` then read them, instead of building every
+        row's ``d~`` twice more. They take 4 bytes per coordinate, as the training sample they stand for; float64
+        only within a block.
         """
         table = self.table
         width = 2 * table.mean.shape[1] + 1
@@ -1856,7 +1878,7 @@ class ApproxEngine(FaissEngine):
         max_norm, top_row, b = 0.0, 0, 0
         for sel in self._live_blocks(live):
             shifted = self._shifted(self._centred(table.doc_vectors(sel)))
-            sq = np.einsum("ij,ij->i", shifted, shifted)
+            sq = _row_sq_norms(shifted)
             norms = np.sqrt(sq)  # _row_norms, keeping the squares
             j = int(np.argmax(norms))
             if norms[j] > max_norm:
@@ -1972,7 +1994,7 @@ class ApproxEngine(FaissEngine):
         if table.dead():
             table.compact()
         switched = held == "fp32" and self._held_refine != "fp32"
-        self.index, self.viewed, self._held_refine = index, False, held
+        self.index, self.viewed, self._held_refine, self._partial = index, False, held, False
         self._built_rows, self._warned_stale, self._built_at_load, self._rows_at_load = n, False, False, None
         self._written_rows = 0
         logger.info(
@@ -2003,6 +2025,9 @@ class ApproxEngine(FaissEngine):
 
     def add_rows(self, start: int, prepared: Any) -> None:
         table = self.table  # the kept d~ stay for rows_appended, unless a rebuild lets them go
+        if self._partial and self.index is not None:  # over every row, the new ones too
+            self.repair()
+            return
         if self.index is None:
             needed = self._min_build_size()
             if len(table) >= needed:
@@ -2023,8 +2048,9 @@ class ApproxEngine(FaissEngine):
         fp16_over = self._held_refine == "fp16" and self._norm_bound > FLOAT16_MAX
         blocks, largest = [], self._top_norms
         for s in range(start, table.n_rows, _BUILD_BLOCK):
-            dvec = table.doc_vectors(slice(s, min(table.n_rows, s + _BUILD_BLOCK)))
-            norms = self._norms(dvec)
+            shifted = self._shifted(self._centred(table.doc_vectors(slice(s, min(table.n_rows, s + _BUILD_BLOCK)))))
+            sq = _row_sq_norms(shifted)
+            norms = np.sqrt(sq)  # _row_norms, keeping the squares for the reduction below
             top = float(norms.max())
             if top > self._norm_bound:
                 old = self._norm_bound
@@ -2039,7 +2065,8 @@ class ApproxEngine(FaissEngine):
                         self._norm_bound,
                     )
                 return
-            reduced = self._reduced(dvec)
+            reduced, _ = self._reduce_shifted(shifted, sq)  # the norm checked above, not computed again
+            del shifted
             if fp16_over and float(np.abs(reduced).max()) > FLOAT16_MAX:
                 logger.info(
                     "a new document's float16 refine copy would overflow (M=%.4g); rebuilding the %s index",
@@ -2080,9 +2107,7 @@ class ApproxEngine(FaissEngine):
                 self.table.n_rows,
                 dead.size,
             )
-        self.own()
-        self.index.reset()  # keeps the trained quantizers; the live rows are re-added (HNSW graphs rebuilt)
-        top = self._add_all(self.index)
+        top = self._refill()
         assert self._norm_bound is not None
         limit = self._norm_bound / self.settings.norm_headroom
         if limit > 2.0 * top and self.table.n_rows >= self._min_build_size():
@@ -2102,9 +2127,36 @@ class ApproxEngine(FaissEngine):
         """Keep only the index entries of rows below ``n`` (HNSW cannot remove: every row is re-added)."""
         self._forget_kept()
         if self.index is not None and self.index.ntotal > n:
-            self.own()
-            self.index.reset()
-            self._add_all(self.index)
+            self._refill()
+
+    def _refill(self) -> float:
+        """Reset the index (its trained quantizers kept; HNSW graphs built again) and add every table row back.
+
+        The index is marked partial until every row is back in: an interrupt (``KeyboardInterrupt``) or a failure
+        (``MemoryError``) on the way leaves it holding only some rows, under the compacted row numbers. Searches
+        are then exact (:meth:`top_k`, as without an index), :meth:`add_rows` and :meth:`repair` (the next write
+        or save) rebuild it from the table, and so does ``KLStore.rebuild()``.
+
+        Returns:
+            The largest norm of the rows' centred, shifted ``d~`` (:meth:`_add_all`).
+        """
+        self.own()
+        self._partial = True
+        self.index.reset()
+        top = self._add_all(self.index)
+        self._partial = False
+        return top
+
+    def repair(self) -> None:
+        """Rebuild an index left partial by an interrupted :meth:`_refill` (callers hold the write lock)."""
+        if self._partial and self.index is not None:
+            logger.warning(
+                "the %s index holds %d of the %d rows after an interrupted re-add (a compaction): rebuilding it",
+                self.settings.index_type,
+                self.index.ntotal,
+                self.table.n_rows,
+            )
+            self.rebuild()
 
     # ------------------------------------------------------------------- load
     def check_loaded(self, cfg_path: Path) -> None:
@@ -2207,7 +2259,7 @@ class ApproxEngine(FaissEngine):
         s = self.settings
         cand = min(n_allowed, max(kk * s.rescore_factor, s.rescore_pool))
         keep = kk + max(16, 2 * kk)  # candidates that reach the float64 re-scoring
-        if self.index is None or n_allowed <= cand or (filtered and n_allowed <= s.exact_threshold):
+        if self.index is None or self._partial or n_allowed <= cand or (filtered and n_allowed <= s.exact_threshold):
             return self._exact_top_k(qg, kk, mask)
         rescue = self._copies.rows(mask, kk)  # read once: an add may replace it meanwhile
         far = self._far if mask is None else self._far[mask[self._far]]  # see _far_out

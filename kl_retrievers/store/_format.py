@@ -65,7 +65,9 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -73,7 +75,7 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import compress
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -930,8 +932,14 @@ def flat_norm_from_config(config: dict[str, Any], cfg_path: Path, verified: bool
 
 
 # ------------------------------------------------------------------ reading
-def check_files(folder: Path, files: dict[str, Any], verify_checksums: bool) -> None:
-    """Every listed file is a regular file inside ``folder`` with the recorded size (and SHA-256)."""
+def check_files(
+    folder: Path, files: dict[str, Any], verify_checksums: bool, hashed_on_read: frozenset[str] = frozenset()
+) -> None:
+    """Every listed file is a regular file inside ``folder`` with the recorded size (and SHA-256).
+
+    ``hashed_on_read``: files whose SHA-256 the load takes as it reads them (:func:`read_gaussians`,
+    :func:`read_documents`), in the same pass, so they are not read once more here.
+    """
     root = folder.resolve()
     for name, info in files.items():
         p = folder / name
@@ -942,8 +950,58 @@ def check_files(folder: Path, files: dict[str, Any], verify_checksums: bool) -> 
         size = p.stat().st_size
         if size != info["bytes"]:
             raise StoreFormatError(f"{p} has {size} bytes; the config says {info['bytes']} (truncated or replaced?)")
-        if verify_checksums and sha256_file(p) != info["sha256"]:
-            raise StoreFormatError(f"{p} does not match its SHA-256 checksum in the config (corrupted?)")
+        if verify_checksums and name not in hashed_on_read and sha256_file(p) != info["sha256"]:
+            raise _checksum_error(p)
+
+
+def _checksum_error(path: Path) -> StoreFormatError:
+    return StoreFormatError(f"{path} does not match its SHA-256 checksum in the config (corrupted?)")
+
+
+@contextlib.contextmanager
+def checksums_first(expected: dict[Path, str | None]) -> Iterator[None]:
+    """Where a file hashed as it is read fails a check on the way, report its checksum mismatch instead.
+
+    A file read in one pass with its hash is checked before the hash is complete: a corrupted file whose
+    bytes fail a check then raises the error :func:`check_files` gives when it hashes it first (it is hashed
+    again here, on this error path only). ``expected``: each file's recorded SHA-256 (``None``: not verified).
+    """
+    try:
+        yield
+    except StoreFormatError as exc:
+        for path, digest in expected.items():
+            if digest is not None and sha256_file(path) != digest:
+                raise _checksum_error(path) from exc
+        raise
+
+
+class HashingReader(io.RawIOBase):
+    """A binary file's ``readinto``, taking the SHA-256 of what it reads (the reading side of
+    :class:`~kl_retrievers.hub.HashingWriter`): a file parsed and hashed in one pass.
+
+    Examples:
+        >>> r = HashingReader(io.BytesIO(b"abc"))
+        >>> r.read(), r.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+        (b'abc', True)
+    """
+
+    def __init__(self, fh: Any) -> None:
+        super().__init__()
+        self._fh = fh
+        self._digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        got = self._fh.readinto(buffer)
+        if got:
+            self._digest.update(memoryview(buffer).cast("B")[:got])
+        return got or 0
+
+    def hexdigest(self) -> str:
+        """SHA-256 hex digest of everything read so far."""
+        return self._digest.hexdigest()
 
 
 def check_npy_header(path: Path, shape: tuple[int, ...] | None, dtype: Any, field: str) -> None:
@@ -989,7 +1047,12 @@ BlockCheck = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def read_gaussians(
-    folder: Path, mmap: bool, count: int, dim: int, on_block: BlockCheck | None = None
+    folder: Path,
+    mmap: bool,
+    count: int,
+    dim: int,
+    on_block: BlockCheck | None = None,
+    checksums: tuple[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stored means and variances, checked row by row in one pass, and ``sum_i log var_i`` per row.
 
@@ -999,31 +1062,58 @@ def read_gaussians(
         count: Rows the config says.
         dim: Dimension the config says.
         on_block: Also called on each block (in the same pass over the arrays).
+        checksums: The SHA-256 the config records for ``mean.npy`` and ``var.npy``, checked over the bytes
+            of the same pass (each file's header, then its rows block by block: the file as written), so
+            that a verified load reads each file once (``None``: not verified here).
 
     Returns:
         ``(mean, var, sumlogvar)``: float32 arrays as stored and float64 sums.
 
     Raises:
         StoreFormatError: A shape or dtype not the config's, a non-finite mean, or a variance that is
-            not a positive finite number (naming the row).
+            not a positive finite number (naming the row); a checksum that does not match (reported before
+            any other error of a file that does not match it).
     """
-    mean = _read_array(folder / MEAN, mmap, count, dim)
-    var = _read_array(folder / VAR, mmap, count, dim)
+    paths = folder / MEAN, folder / VAR
+    expected: dict[Path, str | None] = dict(zip(paths, checksums or (None, None), strict=True))
+    with checksums_first(expected):
+        mean, var, sumlogvar, digests = _read_gaussians(paths, mmap, count, dim, on_block, checksums is not None)
+        for path, digest in zip(paths, digests, strict=False):  # none where not verified
+            if digest.hexdigest() != expected[path]:
+                raise _checksum_error(path)
+    return mean, var, sumlogvar
+
+
+def _read_gaussians(
+    paths: tuple[Path, Path], mmap: bool, count: int, dim: int, on_block: BlockCheck | None, hashed: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+    """:func:`read_gaussians`' pass over the rows, each file's bytes hashed in it (``hashed``)."""
+    mean = _read_array(paths[0], mmap, count, dim)
+    var = _read_array(paths[1], mmap, count, dim)
+    digests = []
+    for path in paths if hashed else ():
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            digest.update(fh.read(read_npy_header(path)[2]))  # the header, as written before the rows
+        digests.append(digest)
     sumlogvar = np.zeros(count)
     for s in range(0, count, LOAD_BLOCK):
         m_block = np.asarray(mean[s : s + LOAD_BLOCK])
-        v_block = np.asarray(var[s : s + LOAD_BLOCK], np.float64)
+        v_raw = np.asarray(var[s : s + LOAD_BLOCK])
+        for digest, raw in zip(digests, (m_block, v_raw), strict=False):  # the float32 rows as stored
+            digest.update(np.ascontiguousarray(raw).data)
+        v_block = np.asarray(v_raw, np.float64)
         if not np.isfinite(m_block).all():
             row = s + int(np.argwhere(~np.isfinite(m_block))[0, 0])
-            raise StoreFormatError(f"{folder / MEAN} holds a non-finite value in row {row}")
+            raise StoreFormatError(f"{paths[0]} holds a non-finite value in row {row}")
         if not (np.isfinite(v_block).all() and (v_block > 0).all()):
             row = s + int(np.argwhere(~(np.isfinite(v_block) & (v_block > 0)))[0, 0])
-            raise StoreFormatError(f"{folder / VAR} holds a variance that is not a positive finite number in row {row}")
+            raise StoreFormatError(f"{paths[1]} holds a variance that is not a positive finite number in row {row}")
         sums = np.log(v_block).sum(1)
         sumlogvar[s : s + LOAD_BLOCK] = sums
         if on_block is not None:
             on_block(m_block, v_block, sums)
-    return mean, var, sumlogvar
+    return mean, var, sumlogvar, digests
 
 
 def read_tombstones(folder: Path, count: int, dead: int) -> np.ndarray | None:
@@ -1064,51 +1154,65 @@ def read_tombstones(folder: Path, count: int, dead: int) -> np.ndarray | None:
 
 
 def read_documents(
-    path: Path, count: int, tombstones: np.ndarray | None = None
+    path: Path, count: int, tombstones: np.ndarray | None = None, sha256: str | None = None
 ) -> tuple[list[str], list[str | None], list[dict[str, Any]]]:
     """Ids, texts and metadata from ``documents.jsonl``, checked against ``count``.
 
     The ids of the live rows (all but ``tombstones``) must be distinct; a tombstone's id may be a live one's
-    (the old row of an upserted document).
+    (the old row of an upserted document). ``sha256``: the checksum the config records, taken over the bytes
+    as they are parsed (one read of the file; ``None``: not verified here).
 
     Raises:
         StoreFormatError: A line is not a JSON object of the documented fields, holds a number that is not
             finite (``NaN``, ``Infinity`` or one beyond float's range such as ``1e400``: what ``add`` refuses)
-            or is nested too deeply to decode; the message names the line.
+            or is nested too deeply to decode; the message names the line. A checksum that does not match
+            (reported before any other error of a file that does not match it).
     """
+    with checksums_first({path: sha256}), open(path, "rb", buffering=0) as raw:
+        reader = HashingReader(raw) if sha256 is not None else raw
+        with io.TextIOWrapper(io.BufferedReader(reader, 1 << 20), encoding="utf-8") as f:
+            documents = _read_documents(f, path, count, tombstones)
+        if isinstance(reader, HashingReader) and reader.hexdigest() != sha256:
+            raise _checksum_error(path)
+    return documents
+
+
+def _read_documents(
+    f: io.TextIOWrapper, path: Path, count: int, tombstones: np.ndarray | None
+) -> tuple[list[str], list[str | None], list[dict[str, Any]]]:
+    """:func:`read_documents` from the open file ``f`` (read to its end)."""
     ids: list[str] = []
     texts: list[str | None] = []
     metas: list[dict[str, Any]] = []
     # One decoder for every line: json.loads(line, parse_constant=...) would build one per line (half the time).
     decode = json.JSONDecoder(parse_constant=refuse_json_constant(), parse_float=_finite_float).decode
     try:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                try:
-                    if line.startswith("\ufeff"):  # as json.loads refuses it (the decoder itself does not check)
-                        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", line, 0)
-                    rec = decode(line)
-                except ValueError as exc:
-                    raise StoreFormatError(f"{path} line {line_no} is malformed: {exc}") from exc
-                except RecursionError:  # the C decoder recurses once per level of nesting
-                    raise StoreFormatError(
-                        f"{path} line {line_no} is malformed: nested too deeply to decode (more levels of arrays "
-                        f"and objects than Python's recursion limit, {sys.getrecursionlimit()})"
-                    ) from None
-                if not isinstance(rec, dict):
-                    raise StoreFormatError(f"{path} line {line_no} is malformed: not a JSON object")
-                doc_id, text, meta = rec.get("id"), rec.get("text"), rec.get("metadata")
-                if not isinstance(doc_id, str):
-                    raise StoreFormatError(f"{path} line {line_no}: field 'id' must be a string; got {doc_id!r}")
-                if not isinstance(text, (str, type(None))):
-                    raise StoreFormatError(f"{path} line {line_no}: field 'text' must be a string or null")
-                if not isinstance(meta, (dict, type(None))):
-                    raise StoreFormatError(f"{path} line {line_no}: field 'metadata' must be an object or null")
-                if "\\u" in line:  # a lone surrogate only comes as an escape: what add refuses (never saved again)
-                    _check_line_utf8(path, line_no, doc_id, text, meta)
-                ids.append(doc_id)
-                texts.append(text)
-                metas.append(meta or {})
+        for line_no, line in enumerate(f, 1):
+            try:
+                if line.startswith("\ufeff"):  # as json.loads refuses it (the decoder itself does not check)
+                    raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", line, 0)
+                rec = decode(line)
+            except ValueError as exc:
+                raise StoreFormatError(f"{path} line {line_no} is malformed: {exc}") from exc
+            except RecursionError:  # the C decoder recurses once per level of nesting
+                raise StoreFormatError(
+                    f"{path} line {line_no} is malformed: nested too deeply to decode (more levels of arrays "
+                    f"and objects than Python's recursion limit, {sys.getrecursionlimit()})"
+                ) from None
+            if not isinstance(rec, dict):
+                raise StoreFormatError(f"{path} line {line_no} is malformed: not a JSON object")
+            doc_id, text, meta = rec.get("id"), rec.get("text"), rec.get("metadata")
+            if not isinstance(doc_id, str):
+                raise StoreFormatError(f"{path} line {line_no}: field 'id' must be a string; got {doc_id!r}")
+            if not isinstance(text, (str, type(None))):
+                raise StoreFormatError(f"{path} line {line_no}: field 'text' must be a string or null")
+            if not isinstance(meta, (dict, type(None))):
+                raise StoreFormatError(f"{path} line {line_no}: field 'metadata' must be an object or null")
+            if "\\u" in line:  # a lone surrogate only comes as an escape: what add refuses (never saved again)
+                _check_line_utf8(path, line_no, doc_id, text, meta)
+            ids.append(doc_id)
+            texts.append(text)
+            metas.append(meta or {})
     except UnicodeDecodeError as exc:
         raise StoreFormatError(f"{path} is not UTF-8 text: {exc}") from exc
     if len(ids) != count:
@@ -1376,12 +1480,12 @@ def _fsync(path: Path) -> None:
 
 def _written(path: Path, write: Callable[[HashingWriter], None]) -> dict[str, Any]:
     """Write ``path`` through a :class:`~kl_retrievers.hub.HashingWriter`, synced: its ``files`` entry (size and
-    SHA-256 of the bytes as written; the file is not read back to hash it)."""
+    SHA-256 of the bytes as written, both counted by the writer: the file is neither read back nor stat'ed)."""
     with open(path, "wb") as f:
         out = HashingWriter(f)
         write(out)
     _fsync(path)  # the format's one sync step, as for the index FAISS writes
-    return {"bytes": path.stat().st_size, "sha256": out.hexdigest()}
+    return {"bytes": out.nbytes, "sha256": out.hexdigest()}
 
 
 def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:

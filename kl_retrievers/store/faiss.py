@@ -1380,6 +1380,7 @@ class KLStore(GaussianStore):
         # A memory-mapped index is written from the mapping: only a compaction copies it (remove_rows owns it first).
         with self._lock.write_then_read() as downgrade:
             self._maybe_compact()
+            self._engine.repair()  # an index left partial by an interrupted compaction is rebuilt, not refused
             downgrade()
             dead = np.flatnonzero(~table.alive) if table.dead() else None
             documents = table.ids, table.texts, table.metas
@@ -1426,8 +1427,10 @@ class KLStore(GaussianStore):
             mmap: Memory-map the Gaussians (read-only ``np.load(mmap_mode="r")``) and, where
                 FAISS supports it, the index codes; they are copied on the first mutation.
             verify_checksums: Check SHA-256 of every file (sizes and every stored value are always
-                checked). It reads each file once more, ``mmap=True`` or not: ``False`` loads a
-                large store you trust faster.
+                checked). The Gaussians and documents are hashed in the load's own pass over them, the
+                index read once more, ``mmap=True`` or not: ``False`` loads a large store you trust
+                faster. Without it a flat store's saved norm bound (bound to the index's checksum) is not
+                taken: its first search computes it from the index, one pass over it.
             *positional: Deprecated: ``mmap`` and ``verify_checksums`` given by position, as before they
                 became keyword-only (as in :meth:`KLHybridStore.load <kl_retrievers.hybrid.KLHybridStore.load>`):
                 still taken, with a ``DeprecationWarning`` naming the keyword; refused in the next release.
@@ -1479,7 +1482,11 @@ class KLStore(GaussianStore):
             raise NothingSavedError(f"{folder} has no {_format.CONFIG}; not a KLStore folder")
         config = _format.read_config(cfg_path)
         dim, count = config["dim"], config["count"]
-        _format.check_files(folder, config["files"], verify_checksums)
+        files = config["files"]
+        # the Gaussians and documents are hashed as they are read and checked (one read of each; none where the
+        # store is empty, dim null: they are not read), the others here
+        on_read = frozenset({_format.MEAN, _format.VAR, _format.DOCS} if verify_checksums and dim is not None else ())
+        _format.check_files(folder, files, verify_checksums, on_read)
         # the flat index's saved norm bound is taken over verified files only, with its checksum
         config["flat_norm_max"] = _format.flat_norm_from_config(config, cfg_path, verify_checksums)
         params = dict(config["index_params"])
@@ -1551,9 +1558,11 @@ class KLStore(GaussianStore):
             return store
         store._init_dim(dim)
         check = store._engine.restore(config, cfg_path)  # before the rows: its check runs as they are read
-        arrays = _format.read_gaussians(folder, mmap, count, dim, on_block=check)
+        sums = (files[_format.MEAN]["sha256"], files[_format.VAR]["sha256"]) if verify_checksums else None
+        arrays = _format.read_gaussians(folder, mmap, count, dim, on_block=check, checksums=sums)
         dead = _format.read_tombstones(folder, count, config["tombstones"])
-        store._table.set_rows(arrays, *_format.read_documents(folder / _format.DOCS, count, dead), dead)
+        docs_sum = files[_format.DOCS]["sha256"] if verify_checksums else None
+        store._table.set_rows(arrays, *_format.read_documents(folder / _format.DOCS, count, dead, docs_sum), dead)
         if config["index_built"]:
             store._engine.attach(*_read_index(folder / _format.INDEX, mmap), cfg_path)
         elif store.index_type == "flat":

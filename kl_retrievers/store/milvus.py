@@ -75,7 +75,8 @@ compare-and-set on collection properties, so a writer (any :meth:`MilvusKLStore.
 Guarantee: once every concurrent ``add`` has returned, every row is reduced with the stored ``M``
 and ``o``, so rankings are exact (flat) or as good as a single writer's (HNSW / IVF).  While adds
 that raise ``M`` overlap, a search can briefly see rows under two bounds (a transient ranking
-error, never a wrong score: scores are always re-computed exactly).  A writer killed after storing
+error, never a wrong score: scores are always re-computed exactly; a ``prove_flat`` search that sees a new ``M``
+stored during its search, or a pending rewrite, goes to its float64 fallback instead).  A writer killed after storing
 a raised ``M`` leaves the rewrite pending: the next ``add`` (or :meth:`MilvusKLStore.repair`) by any
 process finishes it.  A write is not undone by a concurrent row rewrite (step 5), unless that rewrite
 stalls longer than :data:`_REWRITE_STALL_S`.  Concurrent adds that raise ``M`` may rewrite the collection
@@ -2706,17 +2707,24 @@ class MilvusKLStore(GaussianStore):
         """The exact top ``k`` of a flat search (``prove_flat``): :func:`~kl_retrievers.gaussian.refine_top_k`
         over Milvus' float32 candidates, re-scored in float64 from the stored rows.
 
-        The candidates of ``c`` rows are a flat search of that many; a pool holds at most ``MAX_TOPK - 1`` rows (one
-        search returns at most :data:`MAX_TOPK`: the pool and the best row left out), and a query that such a pool
-        does not prove goes to the fallback below. The candidates are read as ``-KL`` less the query constant
-        (inner product: the score; L2: ``(2 M^2 - dist) |q~| / (2 M)``, plus the offset ``o`` in the shift).
-        Their error bound is :func:`_flat_error_bound` at the ``k``-th float64 score of the first pool, which every
-        later ``k``-th score is at least, so it holds for every row that can enter the top ``k``. A query the pools
-        cannot prove scores every matching row in float64 when at most ``max(k, exact_threshold)`` match; above
-        that, a warning and the best rows re-scored. Exact ties are broken among every row re-scored (the proof is
-        strict: all the rows tied with the ``k``-th are among them) by the stored insertion order, as :meth:`_top`
-        breaks them. The matching rows are counted (a request) only where a wider pool or the fallback needs their
-        number: a first search that comes back short has returned all of them.
+        The candidates of ``c`` rows are a flat search of that many (at most :data:`MAX_TOPK`); a pool holds at most
+        ``max(k, MAX_TOPK - 1)`` rows (one search returns the pool and the best row left out, except where
+        ``k = MAX_TOPK``), and a query that such a pool does not prove goes to the fallback below. The candidates
+        are read as ``-KL`` less the query constant (inner product: the score; L2: ``(2 M^2 - dist) |q~| / (2 M)``,
+        plus the offset ``o`` in the shift). Their error bound is :func:`_flat_error_bound` at the ``k``-th float64
+        score of the first pool, which every later ``k``-th score is at least, so it holds for every row that can
+        enter the top ``k``. With L2 it also needs every row the search ranked to be reduced with ``state``'s
+        ``M`` (:meth:`_rows_follow`, one more request per candidate search, none where the first search returned
+        every matching row): where not (another writer raised or lowered ``M`` meanwhile), the bound is infinite
+        and the query goes to the fallback. A query the pools cannot prove scores every matching row in
+        float64 when at most ``max(k, exact_threshold)`` match; above that, a warning and the best rows re-scored.
+        Exact ties are broken among every row re-scored (the proof is strict: all the rows tied with the ``k``-th
+        are among them) by the stored insertion order, as :meth:`_top` breaks them. The matching rows are counted (a
+        request) only where a wider pool or the fallback needs their number: where every query's first search comes
+        back short, each has returned every matching row, and that is their number (one request, so one filter and
+        one snapshot for every query: their lengths agree; a query with fewer rows than the others would hold a
+        ``-1`` label and go to the fallback). Where only some come back short, the lengths disagree and prove
+        nothing: the rows are counted.
 
         Returns:
             Per query, its rows (each ``{"id", "vector"(, "added")}``, one stored version) and ``(order, scores)``
@@ -2732,10 +2740,13 @@ class MilvusKLStore(GaussianStore):
         first_hits = search(data, self._fields("vector"), limit)
         hits: list[list[dict[str, Any]]] | None = first_hits  # candidates' first search, done
         counted: list[int] = []  # the matching rows, counted only where needed (one more request)
-        if min(len(row) for row in first_hits) < limit:  # every matching row came back: that is their number
-            counted.append(max(len(row) for row in first_hits))
+        lengths = [len(row) for row in first_hits]
+        everything = max(lengths) < limit  # every query came back short: each holds every matching row
+        if everything:  # their number (the first pool then holds them all: re-scored, the bound unused)
+            counted.append(max(lengths))
         elif limit <= first:  # k = MAX_TOPK: a full search says nothing of the rows left out
             counted.append(self._count(filter))
+        # else (all full, or some short and some full: lengths that disagree say nothing): counted where needed
 
         def n_allowed() -> int:
             if not counted:
@@ -2773,8 +2784,10 @@ class MilvusKLStore(GaussianStore):
             nonlocal bound, hits
             lab = np.full((qi.size, c), -1, dtype=np.int64)
             approx = np.full((qi.size, c), -np.inf)
+            every = hits is not None and everything  # the first search returned every matching row: all re-scored
             found = hits if hits is not None else search(data[qi], self._fields("vector"), min(c, MAX_TOPK))
             hits = None  # the first search (every query) is the first pool's
+            follow = every or self._rows_follow(state, qi.size)  # the state read after the search it vouches for
             for j, row in enumerate(found):
                 lab[j, : len(row)] = seen.numbers(row)
                 dist = np.asarray([float(r["distance"]) for r in row], dtype=np.float64)
@@ -2785,7 +2798,8 @@ class MilvusKLStore(GaussianStore):
                 first_scores.append((pool_rows, neg_kl_rows(q64[qi], seen.gaussians(), pool_rows)))
                 kth = np.sort(first_scores[0][1], axis=1)[:, -kk]
                 bound = _flat_error_bound(q64, -kth, m, centre)
-            return lab, approx, bound[qi]
+            # rows under another M than the query's: their float32 scores prove nothing (the fallback scores them)
+            return lab, approx, bound[qi] if follow else np.full(qi.size, np.inf)
 
         def fallback(qi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             count = n_allowed()
@@ -2831,6 +2845,42 @@ class MilvusKLStore(GaussianStore):
         lab, scores = self._best_scored(np.arange(nq), kk, seen, scored)
         rows = [[seen.rows[r] for r in row if r >= 0] for row in lab]
         return rows, [(np.arange(len(row)), scores[i, : len(row)]) for i, row in enumerate(rows)]
+
+    def _rows_follow(self, state: _Reduction, nq: int) -> bool:
+        """Whether a flat search made after ``state`` was read ranked only rows reduced with its ``M`` (metric L2;
+        ``True`` for inner product, whose rows are never rewritten); called after that search, for ``nq`` queries.
+
+        A proof reads each float32 distance under the ``M`` the query vectors were made with. A row rewritten
+        under a larger ``M'`` reads ``(M'^2 - M^2) |q~| / (2 M)`` too low, so it can be left out of a pool that the
+        witness then wrongly proves (a row under a smaller bound reads too high: a proof stays sound, only looser).
+        A writer stores a new ``M`` (version + 1, *rewrite pending*) before it rewrites any row (module docstring,
+        *Several writers*), so every row is under ``state``'s ``M`` when ``state`` was not pending and the stored
+        publication (version and writer token), read again now (one ``describe_collection``), is still
+        ``state``'s: a raise stored between the two reads changes it. A pending ``state`` (a rewrite not marked
+        done, rows under two bounds) proves nothing either: the rows a raise has not rewritten yet read too high
+        (harmless), but those a :meth:`repair` lowering ``M`` has not rewritten read too low, and the state does
+        not tell the two apart.
+
+        Not covered (module docstring, *Guarantee*): rows under a larger ``M`` while no publication is pending, as
+        two writers that both believed their publication of one version won can leave until the loser notices.
+        """
+        if self.metric == "IP":
+            return True
+        if not state.pending:
+            info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
+            now = self._stored_config(info)[1]
+            if (now.version, now.writer) == (state.version, state.writer):
+                return True
+            why = f"another writer stored M={now.norm_bound} (version {now.version}) since the search read it"
+        else:
+            why = "a rewrite of every row under a new M is pending (repair() finishes an abandoned one)"
+        logger.warning(
+            "flat search: %s, so its float32 candidates cannot prove the top k of %d query(ies): sent to the "
+            "float64 fallback",
+            why,
+            nq,
+        )
+        return False
 
     def _best_scored(
         self, qi: np.ndarray, k: int, seen: _PoolRows, scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
