@@ -17,9 +17,12 @@ Data, per n (the output says which):
   baseline's, six predictors). The file gives the target (each query's nDCG@10),
   the uncertainty, and each query's top two scores (``qpp.max_score``, ``qpp.max_score - qpp.gap12``); the
   other 98 scores of a query's 100 are a seeded tail below the second (so ``nqc`` and ``wig`` are not the
-  logged ones). ``avg_idf`` and ``scq`` read the collection the file's ``meta`` names (``texts=dataset``), when
-  its folder is found (relative to the repository, as logged, or to the working directory), with its qrels;
-  otherwise seeded synthetic texts (``texts=synthetic``).
+  logged ones). A query logged without ``qpp.max_score`` retrieved nothing (a BM25 run's query that shares
+  no term with the collection): its run is empty, as ``evaluate``'s, and its nDCG counts where ``evaluate``'s
+  does; one without ``qpp.gap12`` retrieved one document (its ``qpp.max_score``). A ``--per-query`` file that
+  cannot be read, or a row without ``ndcg@10``, is a usage error. ``avg_idf`` and ``scq`` read the collection
+  the file's ``meta`` names (``texts=dataset``), when its folder is found (relative to the repository, as
+  logged, or to the working directory), with its qrels; otherwise seeded synthetic texts (``texts=synthetic``).
 * ``synthetic``: no such file (for 809: the logged files hold 53, 225, 300 and 323 queries): seeded nDCG-like
   targets (zeros, ones and values in between), uncertainties, -KL-like score lists and texts (``--docs``
   documents).
@@ -95,14 +98,39 @@ def _pick(pq_dir: Path, n: int) -> Path | None:
     return None
 
 
-def _from_file(path: Path, rng: np.random.Generator, docs: int) -> tuple[dict[str, Any], str]:
+def _read(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """A per-query file's rows and meta, checked for what :func:`_from_file` reads.
+
+    Raises:
+        ValueError: The file cannot be read, is no per-query file, holds no query, or a row has no
+            ``ndcg@10``, or a ``qpp.gap12`` without a ``qpp.max_score``.
+    """
     rows, meta = load_per_query(path)
-    missing = [c for c in COLUMNS if c != "uncertainty" and not all(c in r for r in rows.values())]
-    if missing:
-        needed = [c for c in COLUMNS if c != "uncertainty"]
-        raise SystemExit(f"{path}: no column {missing[0]!r} in every row; the columns needed are {needed}")
+    if not rows:
+        raise ValueError(f"{path}: no queries")
+    for q, r in rows.items():
+        if "ndcg@10" not in r:
+            raise ValueError(f"{path}: query {q!r} has no 'ndcg@10'; every row needs one")
+        if "qpp.gap12" in r and "qpp.max_score" not in r:
+            raise ValueError(f"{path}: query {q!r} has a 'qpp.gap12' but no 'qpp.max_score'")
+    return rows, meta
+
+
+def _scores(rng: np.random.Generator, row: dict[str, float]) -> dict[str, float]:
+    """A query's scores as its row logs them: none without ``qpp.max_score`` (nothing retrieved: ``evaluate``'s
+    run for it is empty), one without ``qpp.gap12`` (one document), else :func:`_tail`'s 100."""
+    if "qpp.max_score" not in row:
+        return {}
+    if "qpp.gap12" not in row:
+        return {"d0": row["qpp.max_score"]}
+    return _tail(rng, row["qpp.max_score"], row["qpp.max_score"] - row["qpp.gap12"])
+
+
+def _from_file(
+    path: Path, rows: dict[str, dict[str, float]], meta: dict[str, Any], rng: np.random.Generator, docs: int
+) -> tuple[dict[str, Any], str]:
     ids = list(rows)
-    run = {q: _tail(rng, r["qpp.max_score"], r["qpp.max_score"] - r["qpp.gap12"]) for q, r in rows.items()}
+    run = {q: _scores(rng, r) for q, r in rows.items()}
     inputs: dict[str, Any] = {
         "run": run,
         "per_query": {q: {"ndcg@10": r["ndcg@10"]} for q, r in rows.items()},
@@ -172,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--queries must be comma-separated integers; got {args.queries!r}")
     if any(n < 2 for n in sizes):
         parser.error(f"every --queries count must be >= 2; got {args.queries!r}")
+    try:  # before anything runs: a missing or unreadable file is a usage error
+        read = {p: _read(p) for p in args.per_query or []}
+    except ValueError as exc:
+        parser.error(f"--per-query: {exc}")
     print(
         f"library={Path(kl_retrievers.__file__).parent} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
         f"bootstrap={args.bootstrap} repeats={args.repeats}",
@@ -187,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     for path, n in jobs:
         rng = np.random.default_rng(args.seed)
         if path is not None:
-            inputs, texts = _from_file(path, rng, args.docs)
+            rows, meta = read[path] if path in read else _read(path)
+            inputs, texts = _from_file(path, rows, meta, rng, args.docs)
             data = f"pq:{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} texts={texts}"
         else:
             inputs, data = _synthetic(n, rng, args.docs), "synthetic"

@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: Where the public BEIR collections are downloaded from (``{name}`` is e.g. ``scifact``).
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
-#: A folder holding local copies of collections as ``<folder>/<name>/`` (used before any download).
+#: A folder holding local copies of collections as ``<folder>/<name>/`` (used before any download; set to an empty
+#: or blank value, only spaces, it counts as unset, like the package's other folder variables).
 LOCAL_COPY_ENV = "KL_RETRIEVERS_DATA"
 #: The folder downloads go to when no ``root`` is given (default ``~/.cache/kl_retrievers/datasets``).
 DOWNLOAD_ROOT_ENV = "KL_RETRIEVERS_DATASET_CACHE"
@@ -857,6 +858,7 @@ def fetch_beir(
     1. ``root/name`` already holds the collection (an earlier download): it is returned.
     2. A local copy ``local_copy`` (a BEIR folder), or ``$KL_RETRIEVERS_DATA/<name>``, exists: it is
        returned as it is, nothing is copied or downloaded (for CI and offline machines).
+       ``KL_RETRIEVERS_DATA`` set to an empty or blank value (only spaces) counts as unset.
     3. Otherwise the public BEIR zip (:data:`BEIR_URL`) is downloaded and
        unpacked into ``root/name`` atomically. Setting ``KL_RETRIEVERS_OFFLINE=1`` (or
        ``HF_HUB_OFFLINE=1``) forbids the download.
@@ -884,7 +886,7 @@ def fetch_beir(
     """
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"name must be a BEIR collection name such as 'scifact', got {name!r}")
-    from kl_retrievers._io import CacheFolderError, user_path
+    from kl_retrievers._io import CacheFolderError, env_value, user_path
 
     no_root: CacheFolderError | None = None
     try:
@@ -896,8 +898,8 @@ def fetch_beir(
         logger.info("%s: using %s", name, target)
         return target
     candidates = [Path(local_copy)] if local_copy is not None else []
-    if os.environ.get(LOCAL_COPY_ENV):
-        candidates.append(user_path(os.environ[LOCAL_COPY_ENV]) / name)
+    if (local_root := env_value(LOCAL_COPY_ENV)) is not None:  # blank: unset (not a folder "  " here)
+        candidates.append(user_path(local_root) / name)
     for candidate in candidates:
         if _is_beir_folder(candidate):
             logger.info("%s: using the local copy %s", name, candidate)

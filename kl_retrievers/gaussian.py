@@ -1171,7 +1171,8 @@ def first_coordinate_mismatches(
 
     :func:`document_gaussians_from_vectors` does not read the first coordinate; this checks it against the
     Gaussians it returned. A row mismatches where the two differ by more than ``rtol`` times
-    ``1/2 sum(|log var| + mu^2 / var) + 1`` (the size of the sum's terms, which cancel), or where either is NaN.
+    ``1/2 sum(|log var| + mu^2 / var) + 1`` (the size of the sum's terms, which cancel), where either is NaN, or
+    where the Gaussian's is not finite (``mu^2 / var`` overflows float64: no first value can match it).
 
     Args:
         vectors: ``d~`` rows, shape ``(n, 2k + 1)``.
@@ -1191,12 +1192,19 @@ def first_coordinate_mismatches(
         >>> d[0, 0] = 5.0
         >>> first_coordinate_mismatches(d, document_gaussians_from_vectors(d))[0].tolist()
         [0]
+        >>> v = np.array([[123.0, -0.005, 1e154]])  # mu = 1e156: mu^2 / var overflows, the first value is -inf
+        >>> bad, first = first_coordinate_mismatches(v, document_gaussians_from_vectors(v))
+        >>> bad.tolist(), first.tolist()
+        ([0], [-inf])
     """
     log_var = np.log(gaussians.var)
-    ratio = gaussians.mean**2 / gaussians.var
-    first = -0.5 * (log_var + ratio).sum(axis=1)
-    scale = 0.5 * (np.abs(log_var) + ratio).sum(axis=1) + 1.0
-    return np.flatnonzero(~(np.abs(first - vectors[:, 0]) <= rtol * scale)), first  # NaN compares false
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow gives -inf (inf - inf: NaN), a mismatch below
+        ratio = gaussians.mean**2 / gaussians.var
+        first = -0.5 * (log_var + ratio).sum(axis=1)
+        scale = 0.5 * (np.abs(log_var) + ratio).sum(axis=1) + 1.0
+        # NaN compares false; an infinite first value has an infinite scale (inf <= inf), hence the isfinite
+        ok = np.isfinite(first) & (np.abs(first - vectors[:, 0]) <= rtol * scale)
+    return np.flatnonzero(~ok), first
 
 
 # ================================================================================ exact top-k

@@ -3772,8 +3772,9 @@ def _split_documents(
     """
     kind = "llama_index Document objects"
     documents = _listed(documents, "documents", kind, "Document(text=...)", "documents=[document]")
-    wrong = next((d for d in documents if not isinstance(d, BaseNode)), None)
-    if wrong is not None:
+    at = next((j for j, d in enumerate(documents) if not isinstance(d, BaseNode)), None)  # a None is wrong too
+    if at is not None:
+        wrong = documents[at]
         raise TypeError(
             f"documents must be llama_index Document objects (e.g. Document(text=...)); got a "
             f"{type(wrong).__name__} ({str(wrong)[:40]!r}): wrap each text as Document(text=text)"

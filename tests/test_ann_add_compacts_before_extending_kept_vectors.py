@@ -9,9 +9,12 @@ tests/test_ann_kept_vectors_compacted_with_the_rows.py); the stale check follows
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
+from conftest import clustered_gaussians
 from kl_retrievers.gaussian import Gaussians
 from kl_retrievers.store import KLStore, _engines
 
@@ -22,10 +25,8 @@ DIM = 16
 UNBUILT = {"index_type": "ivf", "nlist": 1024}
 
 
-def _data(n: int, seed: int) -> Gaussians:
-    rng = np.random.default_rng(seed)
-    mean = rng.normal(size=(32, DIM))[rng.integers(0, 32, n)] + rng.normal(0, 0.5, (n, DIM)) + 3.0
-    return Gaussians(mean.astype(np.float32), np.exp(rng.normal(0, 0.5, (n, DIM))).astype(np.float32), validate=False)
+#: Documents and queries of DIM dimensions: ``_data(n, seed=...)``.
+_data = functools.partial(clustered_gaussians, dim=DIM)
 
 
 def _store_with_kept_vectors() -> tuple[KLStore, Gaussians]:

@@ -9,21 +9,22 @@ Results after the delete equal those of a fresh store built over the live docume
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
+from conftest import clustered_gaussians, count_kept_builds
 from kl_retrievers.gaussian import Gaussians
-from kl_retrievers.store import KLStore, _engines
+from kl_retrievers.store import KLStore
 
 pytest.importorskip("faiss")
 
 N = 3000
 
 
-def _data(n: int, seed: int) -> Gaussians:
-    rng = np.random.default_rng(seed)
-    mean = rng.normal(size=(32, 16))[rng.integers(0, 32, n)] + rng.normal(0, 0.5, (n, 16)) + 3.0
-    return Gaussians(mean.astype(np.float32), np.exp(rng.normal(0, 0.5, (n, 16))).astype(np.float32), validate=False)
+#: Documents and queries of 16 dimensions: ``_data(n, seed=...)``.
+_data = functools.partial(clustered_gaussians, dim=16)
 
 
 def _store(docs: Gaussians, keep: np.ndarray) -> KLStore:
@@ -55,14 +56,7 @@ def test_a_tombstone_only_delete_keeps_the_kept_vectors_and_the_results_of_a_fre
     assert after is not None and after[2] is kept[2] and after[0] == store._table.version
     live = np.array([i for i in range(N) if str(i) not in deleted])
     fresh = _store(docs, live)  # its first searches rewrite their rows: no kept vectors
-    builds: list[int] = []  # a build of kept vectors starts with the mean of every row's means
-    real = _engines.means_centre
-
-    def counting(mean: np.ndarray) -> np.ndarray:
-        builds.append(len(mean))
-        return real(mean)
-
-    monkeypatch.setattr(_engines, "means_centre", counting)
+    builds = count_kept_builds(monkeypatch)
     for _ in range(2):
         got = store.search_batch(queries, k=5, filter={"t": True})
         want = fresh.search_batch(queries, k=5, filter={"t": True})

@@ -8,14 +8,9 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import clustered_gaussians, count_kept_builds
 from kl_retrievers.gaussian import Gaussians, exact_top_k, neg_kl_matrix, rewrite_block_norms, score_vectors_float32
 from kl_retrievers.store import KLStore, _engines
-
-
-def _data(n: int, dim: int, seed: int) -> Gaussians:
-    rng = np.random.default_rng(seed)
-    mean = rng.normal(size=(32, dim))[rng.integers(0, 32, n)] + rng.normal(0, 0.5, (n, dim)) + 3.0
-    return Gaussians(mean.astype(np.float32), np.exp(rng.normal(0, 0.5, (n, dim))).astype(np.float32), validate=False)
 
 
 def _brute(queries: Gaussians, docs: Gaussians, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,8 +20,8 @@ def _brute(queries: Gaussians, docs: Gaussians, rows: np.ndarray, k: int) -> tup
 
 
 def test_filtered_exact_path_matches_brute_force_across_writes() -> None:
-    docs = _data(3000, 24, seed=0)
-    queries = _data(6, 24, seed=1)
+    docs = clustered_gaussians(3000, 24, seed=0)
+    queries = clustered_gaussians(6, 24, seed=1)
     store = KLStore(index_type="ivf", nlist=32)  # a 50% filter (1,500 rows) is under exact_threshold
     meta = [{"even": i % 2 == 0} for i in range(len(docs))]
     store.add(gaussians=docs, ids=[str(i) for i in range(len(docs))], metadatas=meta)
@@ -59,8 +54,8 @@ def test_filtered_exact_path_matches_brute_force_across_writes() -> None:
 
 @pytest.mark.parametrize("allowed", ["all", "spread", "dense"])
 def test_exact_top_k_with_kept_vectors_equals_without(allowed: str) -> None:
-    docs = _data(2000, 16, seed=2)
-    queries = _data(5, 16, seed=3).astype(np.float64)
+    docs = clustered_gaussians(2000, 16, seed=2)
+    queries = clustered_gaussians(5, 16, seed=3).astype(np.float64)
     rows = {"all": None, "spread": np.arange(0, 2000, 37), "dense": np.arange(500, 1500)}[allowed]
     centre = np.asarray(docs.mean, np.float64).mean(axis=0)
     vectors = score_vectors_float32(docs, "document", centre=centre)
@@ -80,32 +75,19 @@ def test_exact_top_k_with_kept_vectors_equals_without(allowed: str) -> None:
 
 def _tenth_store(n: int = 3000) -> tuple[KLStore, Gaussians]:
     """An IVF store of ``n`` documents, a tenth of them tagged (a filter under exact_threshold), and a query."""
-    docs = _data(n, 16, seed=4)
+    docs = clustered_gaussians(n, 16, seed=4)
     store = KLStore(index_type="ivf", nlist=16)
     store.add(gaussians=docs, ids=[str(i) for i in range(n)], metadatas=[{"t": i % 10 == 0} for i in range(n)])
     assert store.is_built
-    return store, _data(1, 16, seed=5)
-
-
-def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the kept vectors' builds: each starts with the mean of every row's means (``means_centre``)."""
-    calls: list[int] = []
-    real = _engines.means_centre
-
-    def counting(mean: np.ndarray) -> np.ndarray:
-        calls.append(len(mean))
-        return real(mean)
-
-    monkeypatch.setattr(_engines, "means_centre", counting)
-    return calls
+    return store, clustered_gaussians(1, 16, seed=5)
 
 
 def test_searches_between_writes_build_the_kept_vectors_only_once_they_rewrote_the_table(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store, queries = _tenth_store()
-    one = _data(1, 16, seed=6)
-    builds = _count_builds(monkeypatch)
+    one = clustered_gaussians(1, 16, seed=6)
+    builds = count_kept_builds(monkeypatch)
     for cycle in range(4):  # write, search, search: each search rewrites its 300 rows, far from the 3,000
         store.add(gaussians=one, ids=[f"w{cycle}"], metadatas=[{"t": False}])
         for _ in range(2):
@@ -132,7 +114,7 @@ def _build_kept(store: KLStore, queries: Gaussians) -> None:
 def test_every_write_step_lets_the_kept_vectors_go_at_once() -> None:
     store, queries = _tenth_store()
     _build_kept(store, queries)
-    store.add(gaussians=_data(1, 16, seed=7), ids=["new"], metadatas=[{"t": True}])  # add_rows
+    store.add(gaussians=clustered_gaussians(1, 16, seed=7), ids=["new"], metadatas=[{"t": True}])  # add_rows
     # extended by the new row instead (tests/test_ann_kept_vectors_extended_by_appends.py)
     assert store._engine._kept is not None and store._engine._kept.version == store._table.version
     _build_kept(store, queries)
@@ -160,7 +142,7 @@ def test_a_search_that_finds_another_building_them_rewrites_its_rows_without_wai
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store, queries = _tenth_store()
-    builds = _count_builds(monkeypatch)
+    builds = count_kept_builds(monkeypatch)
     lock = threading.Lock()
     monkeypatch.setattr(store._engine, "_kept_lock", lock, raising=False)
     want = [h.id for h in store.search(queries, k=5, filter={"t": True})]
