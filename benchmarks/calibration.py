@@ -49,6 +49,13 @@ relevant), ``kind="hybrid"``, features from the query's hybrid candidates,
   ``no_bm25_match_observed_p@1``, ``no_bm25_match_mean_confidence``; e.g. 15 of NFCorpus test's 323 and
   127 of its train's 2,563 for the default, stemmed; none on the other sets).
 
+Every ``dump`` and ``hybrid-dump`` file records how its encodings were made (meta ``encoding``, :func:`encoding_rule`:
+whether the encoder is batch-invariant, the batch size, and each side's batch size and order as
+:func:`kl_retrievers.evaluation.encode_dataset` encodes them); ``fit`` and ``report`` (dense or ``--hybrid``) log
+one WARNING per dump whose rule differs from today's or is not recorded (every committed dump is of the latter:
+an int8 encoder's were encoded with queries batched and documents longest first until 2026-12-06, so their dense
+features differ from today's), and ``fit`` stores the dumps' rules in the calibrator's ``info["encoding"]``.
+
 ``--stemmer none`` on the three (default ``english``, the store's default) does the same for a store with
 ``stemmer=None`` (unstemmed BM25, as every store saved before the option): ``hybrid-dump`` builds the stores
 unstemmed (with the model's unstemmed adaptive parameters) and writes ``runs/qpp/calib/hybrid-unstemmed[-NAME].*.json``,
@@ -169,6 +176,90 @@ def calib_path(spec: str) -> Path:
     return CALIB_DIR / f"{tag}{name}.{split or 'test'}.json"
 
 
+def encoding_rule(batch_invariant: bool, batch_size: int) -> dict[str, Any]:
+    """How :func:`~kl_retrievers.evaluation.encode_dataset` encodes a split today, for an encoder of that kind.
+
+    ``batch_invariant``: the encoder's (``False`` for an int8 ONNX graph, whose Gaussians depend on the texts
+    encoded with them); ``batch_size``: the one passed to ``encode_dataset``. Each side's batch size and order
+    come from the cache key ``encode_dataset`` uses (which records them); a dump stores this as its meta's
+    ``encoding``, and ``fit`` / ``report`` compare it with today's (:func:`warn_encoding`).
+
+    Examples:
+        >>> encoding_rule(False, 32)["queries"], encoding_rule(False, 32)["documents"]
+        ({'batch_size': 1, 'order': 'input'}, {'batch_size': 32, 'order': 'input'})
+        >>> encoding_rule(True, 32)["documents"]
+        {'batch_size': 32, 'order': 'longest first'}
+    """
+    from kl_retrievers.evaluation import _encoding_key
+
+    rule: dict[str, Any] = {"batch_invariant": bool(batch_invariant), "batch_size": int(batch_size)}
+    for kind in ("queries", "documents"):
+        key, size = _encoding_key(
+            {}, kind, {}, batch_dependent=not batch_invariant, batch_size=int(batch_size), limit=None
+        )
+        # a batch-invariant encoder's sides are pre-sorted longest first (less padding); the key says "input"
+        # where a batch-dependent one's are not (its queries, one at a time, have no order that matters)
+        order = key.get("order", "longest first" if batch_invariant else "input")
+        rule[kind] = {"batch_size": size, "order": order}
+    return rule
+
+
+def encoder_encoding(encoder: Any, batch_size: int) -> dict[str, Any]:
+    """The :func:`encoding_rule` ``encode_dataset`` applies to ``encoder`` at ``batch_size`` (for a dump's meta)."""
+    return encoding_rule(bool(getattr(encoder, "batch_invariant", True)), batch_size)
+
+
+def _describe(rule: Mapping[str, Any]) -> str:
+    """One line for an :func:`encoding_rule`: each side's batch size and order ("?" where it records none)."""
+    sides = []
+    for kind in ("queries", "documents"):
+        side = rule.get(kind)
+        if not isinstance(side, Mapping):
+            sides.append(f"{kind} ?")
+        elif side.get("batch_size") == 1:
+            sides.append(f"{kind} one at a time")
+        else:
+            sides.append(f"{kind} in batches of {side.get('batch_size', '?')}, {side.get('order', '?')}")
+    return ", ".join(sides)
+
+
+def warn_encoding(path: Path, meta: Mapping[str, Any]) -> bool:
+    """Warn (one stderr line naming the dump) when its recorded encoding rule differs from today's or is missing.
+
+    Today's rule is :func:`encoding_rule` of the dump's own ``batch_invariant`` and ``batch_size``. A dump
+    without a record (every dump written before ``dump`` / ``hybrid-dump`` recorded it) was made "before the
+    rule was recorded": with a batch-dependent encoder (int8 ONNX), encodings made before 2026-12-06 batched
+    the queries and sorted the documents longest first, so today's code gives other dense features.
+
+    Returns:
+        Whether it warned.
+    """
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    made = f"encoder {meta.get('encoder') or meta.get('backend') or '?'}, dumped {meta.get('time', '?')}"
+    again = "hybrid-dump" if path.name.startswith("hybrid") else "dump"
+    recorded = meta.get("encoding")
+    if not (
+        isinstance(recorded, Mapping)
+        and isinstance(recorded.get("batch_invariant"), bool)
+        and isinstance(recorded.get("batch_size"), int)
+    ):
+        logger.warning(
+            "%s: made before the encoding rule was recorded (no meta 'encoding'; %s). Today encode_dataset encodes "
+            "a batch-dependent encoder's (int8 ONNX) %s; another's %s. If its encoder is batch-dependent, its "
+            "dense features differ from today's: run %s again",
+            name, made, _describe(encoding_rule(False, 32)), _describe(encoding_rule(True, 32)), again,
+        )  # fmt: skip
+        return True
+    today = encoding_rule(recorded["batch_invariant"], recorded["batch_size"])
+    if recorded != today:
+        logger.warning(
+            "%s: its encodings were made by another rule than today's (%s): recorded %s; today %s: run %s again",
+            name, made, _describe(recorded), _describe(today), again,
+        )  # fmt: skip
+        return True
+    return False
+
+
 def cmd_dump(args: argparse.Namespace) -> None:
     import torch
 
@@ -207,6 +298,7 @@ def cmd_dump(args: argparse.Namespace) -> None:
             "model": MODEL,
             "backend": args.backend,
             "fingerprint": model_fingerprint(encoder),
+            "encoding": encoder_encoding(encoder, args.batch_size),  # how encode_dataset encoded the split
             "set": spec,
             "queries": len(out),
             "ndcg@10": float(np.mean([v["ndcg@10"] for v in out.values()])),
@@ -254,6 +346,7 @@ def cmd_from_log(args: argparse.Namespace) -> None:
         info = {
             "model": REFERENCE_MODEL,
             "fingerprint": meta.get("fingerprint"),
+            "encoding": meta.get("encoding"),  # the source's record, if it has one (None: not recorded)
             "set": spec,
             "queries": len(out),
             "source": line["per_query_file"],
@@ -361,6 +454,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
         cmd_fit_hybrid(args)
         return
     args.out = args.out or dense_out()
+    for spec in TRAIN_SETS:
+        warn_encoding(calib_path(spec), read_calib(spec)[1])
     print("calibrator candidates (target: top-1 document relevant):")
     best, selection = choose(CALIBRATOR_CANDIDATES, "top1_relevant", "ece", args.l2)
     cal = fit_pooled(
@@ -370,6 +465,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         target="top-1 document relevant (qrels grade > 0), as RR@10 = 1",
         model=MODEL,
         fingerprint=read_calib(TRAIN_SETS[0])[1]["fingerprint"],
+        encoding={spec: read_calib(spec)[1].get("encoding") for spec in TRAIN_SETS},  # None: not recorded
         training_data=train_info("top1_relevant"),
         set_weights="each training set weighs the same in total",
         selection=selection,
@@ -452,7 +548,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     cal = ConfidenceCalibrator.load(path)
     recommended = recommended_threshold(cal)
     for spec in [*TEST_SETS, *TRAIN_SETS]:
-        per_query = read_calib(spec)[0]
+        per_query, meta = read_calib(spec)
+        warn_encoding(calib_path(spec), meta)
         rows = list(per_query.values())
         p = cal.predict(features_of(rows, cal.features))
         y = np.array([r["top1_relevant"] for r in rows], dtype=np.float64)
@@ -626,6 +723,7 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
                 if qid in rows:
                     rows[qid].update(unanswerable=int(unans), article=article_of(next(iter(exp.ds.qrels[qid]))))
             fingerprint, backend = exp.fingerprint, exp.backend
+            encoding = encoder_encoding(exp.encoder, args.batch_size)
         else:
             if encoder is None:
                 encoder = load_model(MODEL, backend=args.backend)
@@ -638,8 +736,10 @@ def cmd_hybrid_dump(args: argparse.Namespace) -> None:
             qids = [ds.query_ids[i] for i in judged]
             rows = hybrid_rows(store, ds.query_texts(qids), q[np.asarray(judged, dtype=np.int64)], qids, ds.qrels)
             fingerprint, backend = model_fingerprint(encoder), type(encoder).__name__
+            encoding = encoder_encoding(encoder, args.batch_size)
         meta = {
             "model": MODEL, "encoder": backend, "backend": args.backend, "fingerprint": fingerprint,
+            "encoding": encoding,  # how encode_dataset encoded the split (fit and report compare it with today's)
             "set": spec, "queries": len(rows), "fusion": "adaptive", "candidates": store.fusion.candidates,
             "stemmer": store.stemmer,
             "p@1": float(np.mean([r["top1_relevant"] for r in rows.values()])), "features": list(HYBRID_FEATURES),
@@ -699,6 +799,8 @@ def hybrid_selection_scores(names: Sequence[str], training: Sequence[str], l2: f
 
 def cmd_fit_hybrid(args: argparse.Namespace) -> None:
     out = args.out or hybrid_out()
+    for spec in HYBRID_TRAIN_SETS:  # every candidate reads them all
+        warn_encoding(hybrid_path(spec), read_hybrid(spec)[1])
     print("hybrid calibrator candidates (target: fused top-1 relevant; SQuAD CV by article, training ECEs):")
     results: dict[str, dict[str, Any]] = {}
     for fname, names in HYBRID_CANDIDATES.items():
@@ -730,6 +832,7 @@ def cmd_fit_hybrid(args: argparse.Namespace) -> None:
         model=MODEL,
         encoder=meta["encoder"],
         fingerprint=meta["fingerprint"],
+        encoding={s: m.get("encoding") for s, (_, m) in rows.items()},  # None: dumped before it was recorded
         bm25_stemmer=meta.get("stemmer"),  # dumps before stop 42 record none: they were not stemmed
         training_data=[
             {
@@ -786,6 +889,7 @@ def cmd_report_hybrid(args: argparse.Namespace) -> None:
     recommended = recommended_threshold(cal)
     for spec in [*TEST_SETS, *HYBRID_TRAIN_SETS]:
         rows, meta = read_hybrid(spec)
+        warn_encoding(hybrid_path(spec), meta)
         x, y = hybrid_xy(rows, cal.features)
         p = cal.predict(x)
         unmatched = no_bm25_match_stats(rows, p, y)

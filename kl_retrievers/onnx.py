@@ -29,7 +29,6 @@ import errno
 import functools
 import importlib.util
 import inspect
-import itertools
 import json
 import logging
 import os
@@ -128,11 +127,11 @@ MAX_THREADS = 1024
 _THREADS_PER_CORE = 4
 #: ... and at least this many, on any machine.
 _MIN_MAX_THREADS = 16
-#: Batches whose int64 token rows are made together when encoding (bounds the memory they hold) ...
+#: Batches whose texts are tokenized together when encoding (bounds the memory held by token ids) ...
 _CHUNK_BATCHES = 16
 #: ... fewer when they would hold more texts than this (a large batch_size), but always one batch at least.
 _CHUNK_TEXTS = 2048
-#: Texts per tokenizer call (:meth:`OnnxGaussianEncoder._token_table`).
+#: Texts per tokenizer call when counting tokens.
 _TOKENIZE_CHUNK = 1024
 #: Token budgets whose tokenizer an encoder keeps.
 _TOKENIZERS_KEPT = 8
@@ -1426,30 +1425,6 @@ def _is_resource_error(exc: BaseException, *paths: str | os.PathLike[str]) -> bo
     return any(phrase in text for phrase in _RESOURCE_PHRASES)
 
 
-@dataclass(frozen=True)
-class _TokenTable:
-    """Some texts' token ids and type ids, end to end: text ``i``'s are ``ids[ends[i]:ends[i + 1]]``.
-
-    Examples:
-        >>> table = _TokenTable(np.array([2, 7, 3, 2, 3], np.uint32), np.zeros(5, np.uint8), np.array([0, 3, 5]))
-        >>> table.counts().tolist(), table.row(1)[0].tolist(), table.row(1)[0].dtype
-        ([3, 2], [2, 3], dtype('int64'))
-    """
-
-    ids: np.ndarray
-    type_ids: np.ndarray
-    ends: np.ndarray
-
-    def counts(self) -> np.ndarray:
-        """Each text's token count (int64)."""
-        return np.diff(self.ends)
-
-    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Text ``i``'s token ids and type ids, as int64 arrays (what the graph reads)."""
-        part = slice(int(self.ends[i]), int(self.ends[i + 1]))
-        return self.ids[part].astype(np.int64), self.type_ids[part].astype(np.int64)
-
-
 class OnnxGaussianEncoder(EncoderMixin):
     """A Gaussian encoder served by ONNX Runtime on CPU, with the interface of the torch encoder.
 
@@ -2019,37 +1994,20 @@ class OnnxGaussianEncoder(EncoderMixin):
 
     def _token_ids(self, texts: list[str], max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Token ids and type ids of each text, truncated so that ``[VAR]`` still fits in ``max_length``."""
-        table = self._token_table(texts, max_length)
-        return [table.row(i) for i in range(len(texts))]
+        texts = cut_long_texts(texts, self._budget(max_length), self._word_ids, self._longest_added)
+        encodings = self._tokenizer_for(max_length).encode_batch(texts)
+        return [(np.asarray(e.ids, np.int64), np.asarray(e.type_ids, np.int64)) for e in encodings]
 
     def _token_counts(self, texts: list[str], max_length: int) -> np.ndarray:
-        """How many tokens each text has after truncation (as :meth:`_token_ids` would give)."""
-        return self._token_table(texts, max_length).counts()
-
-    def _token_table(self, texts: list[str], max_length: int) -> _TokenTable:
-        """Every text's token ids and type ids, truncated so that ``[VAR]`` still fits in ``max_length``.
-
-        The texts are tokenized once, ``_TOKENIZE_CHUNK`` at a time, and their ids held end to end in one
-        array (4 bytes a token; a tokenizer's encodings hold far more, offsets and token strings included).
-        """
+        """How many tokens each text has after truncation (as :meth:`_token_ids` would give), in chunks."""
         tokenizer = self._tokenizer_for(max_length)
         encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # same ids, no offsets
-        ids: list[np.ndarray] = []
-        types: list[np.ndarray] = []
-        ends = np.zeros(len(texts) + 1, np.int64)
+        counts = np.empty(len(texts), np.int64)
         for start in range(0, len(texts), _TOKENIZE_CHUNK):
             some = texts[start : start + _TOKENIZE_CHUNK]
             some = cut_long_texts(some, self._budget(max_length), self._word_ids, self._longest_added)
-            encodings = encode(some)
-            lengths = [len(e.ids) for e in encodings]
-            ends[start + 1 : start + 1 + len(some)] = lengths
-            total = sum(lengths)
-            ids.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.uint32, total))
-            some_types = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), np.uint32, total)
-            types.append(some_types.astype(np.uint8) if some_types.max(initial=0) < 256 else some_types)
-        np.cumsum(ends, out=ends)
-        empty = np.zeros(0, np.uint32)
-        return _TokenTable(np.concatenate(ids or [empty]), np.concatenate(types or [empty]), ends)
+            counts[start : start + _TOKENIZE_CHUNK] = [len(e) for e in encode(some)]
+        return counts
 
     def _word_ids(self, texts: list[str]) -> list[tuple[list[int | None], list[tuple[int, int]]]]:
         """Each text's tokens' word indices and offsets, without special tokens or truncation (to cut long texts)."""
@@ -2131,18 +2089,26 @@ class OnnxGaussianEncoder(EncoderMixin):
         n = len(texts)
         # Batches hold texts of similar token counts: the texts sorted by token count over the whole input
         # (longest first, ties in input order), cut every batch_size. The batches' composition matters for
-        # int8 graphs (see batch_invariant), so it is the same whatever the input's size. The input is
-        # tokenized once (_token_table: every text's ids end to end, 4 bytes a token); the rows the graph
-        # reads (int64 ids and type ids) are made for one chunk of batches at a time.
+        # int8 graphs (see batch_invariant), so it is the same whatever the input's size. Token ids are held
+        # for one chunk of batches at a time: a large input is tokenized twice (its token counts first,
+        # then chunk by chunk, in sorted order), instead of holding every text's tokens at once.
         chunk = batch_size * max(1, min(_CHUNK_BATCHES, _CHUNK_TEXTS // batch_size))
-        table = self._token_table(texts, max_length)
-        order = np.argsort(-table.counts(), kind="stable")
+        rows: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if n <= chunk:
+            rows = self._token_ids(texts, max_length)
+            counts = np.array([len(ids) for ids, _ in rows], np.int64)
+        else:
+            counts = self._token_counts(texts, max_length)
+        order = np.argsort(-counts, kind="stable")
         mean = np.empty((n, dim), np.float32)
         var = np.empty((n, dim), np.float32)
         with progress_bar(-(-n // batch_size), desc=desc, show=show_bar) as bar:
             for chunk_start in range(0, n, chunk):
                 chunk_idx = order[chunk_start : chunk_start + chunk]
-                chunk_rows = [table.row(i) for i in chunk_idx]
+                if rows is None:
+                    chunk_rows = self._token_ids([texts[i] for i in chunk_idx], max_length)
+                else:
+                    chunk_rows = [rows[i] for i in chunk_idx]
                 if not self.__dict__.get("_warned_unknown_only"):
                     self._warn_unknown_only([texts[i] for i in chunk_idx], [ids for ids, _ in chunk_rows])
                 for start in range(0, len(chunk_idx), batch_size):

@@ -2151,7 +2151,8 @@ class ApproxEngine(FaissEngine):
         """Rebuild an index left partial by an interrupted :meth:`_refill` (callers hold the write lock)."""
         if self._partial and self.index is not None:
             logger.warning(
-                "the %s index holds %d of the %d rows after an interrupted re-add (a compaction): rebuilding it",
+                "the %s index holds %d of the %d rows after an interrupted re-add (a compaction, or the undo of a "
+                "failed add): rebuilding it",
                 self.settings.index_type,
                 self.index.ntotal,
                 self.table.n_rows,

@@ -1090,18 +1090,24 @@ def _read_gaussians(
     """:func:`read_gaussians`' pass over the rows, each file's bytes hashed in it (``hashed``)."""
     mean = _read_array(paths[0], mmap, count, dim)
     var = _read_array(paths[1], mmap, count, dim)
-    digests = []
-    for path in paths if hashed else ():
+    digests, in_pass = [], []
+    for path, rows in zip(paths, (mean, var), strict=True) if hashed else ():
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
-            digest.update(fh.read(read_npy_header(path)[2]))  # the header, as written before the rows
+            if rows.flags.c_contiguous:
+                digest.update(fh.read(read_npy_header(path)[2]))  # the header, as written before the rows
+            else:  # Fortran order (another program wrote it): the rows are not the file's byte order
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
         digests.append(digest)
+        in_pass.append(digest if rows.flags.c_contiguous else None)
     sumlogvar = np.zeros(count)
     for s in range(0, count, LOAD_BLOCK):
         m_block = np.asarray(mean[s : s + LOAD_BLOCK])
         v_raw = np.asarray(var[s : s + LOAD_BLOCK])
-        for digest, raw in zip(digests, (m_block, v_raw), strict=False):  # the float32 rows as stored
-            digest.update(np.ascontiguousarray(raw).data)
+        for part, raw in zip(in_pass, (m_block, v_raw), strict=False):  # the float32 rows as stored
+            if part is not None:
+                part.update(np.ascontiguousarray(raw).data)
         v_block = np.asarray(v_raw, np.float64)
         if not np.isfinite(m_block).all():
             row = s + int(np.argwhere(~np.isfinite(m_block))[0, 0])

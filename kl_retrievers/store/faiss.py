@@ -864,7 +864,11 @@ class KLStore(GaussianStore):
         try:
             self._engine.drop_entries_from(start)
         except Exception as exc:
-            logger.error("the index could not drop the entries of a failed add (%s); save() will refuse", exc)
+            logger.error(
+                "the index could not drop the entries of a failed add (%s); searches are exact meanwhile, and the "
+                "next add or save() rebuilds it",
+                exc,
+            )
 
     def _delete(self, ids: list[str]) -> DeleteReport:
         with self._lock.write():

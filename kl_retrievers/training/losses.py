@@ -72,7 +72,9 @@ def score_matrix(
     """Scores of every query against every document, shape ``(n_q, n_d)``; higher is better.
 
     ``neg_kl`` is computed through the inner-product expansion (no ``n_q x n_d x k`` tensor):
-    ``-KL = -1/2 sum_i [log vd - log vq - 1 + vq/vd + (mq - md)^2 / vd]``.
+    ``-KL = -1/2 sum_i [log vd - log vq - 1 + vq/vd + (mq - md)^2 / vd]``, after every mean is shifted by the
+    queries' mean (``-KL`` does not change when both means move together; the shift is not differentiated), so
+    that the expansion's terms ``mu^2 / var`` stay small where means are large and variances small.
 
     Args:
         q_mean: ``(n_q, k)`` query means.
@@ -86,6 +88,9 @@ def score_matrix(
         >>> score_matrix(m, v, m + 1.0, v, "neg_kl")
         tensor([[-1.]])
     """
+    if similarity == "neg_kl":  # one shift of every mean (not differentiated) keeps the expansion's terms small
+        centre = q_mean.detach().mean(0)
+        q_mean, d_mean = q_mean - centre, d_mean - centre
     return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: q @ d.T)
 
 
