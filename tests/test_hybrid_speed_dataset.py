@@ -97,7 +97,7 @@ def test_best_ms_reads_the_clock_it_is_given() -> None:
 
 
 def test_digest_hashes_every_result_field_and_times_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--digest``: the same store gives the same hash twice; a changed score (one bit) or metadata changes it."""
+    """``--digest``: the same store gives the same hash twice; a score changed in its last bit changes every part."""
     store = hybrid_speed.build_store(300, 8)
     queries, qg = ["w1 w2 w3", "w4 w5"], store.kl.get_gaussians(["d0", "d1"])
     first = hybrid_speed.results_digest(store, queries, qg, (3, 100))
