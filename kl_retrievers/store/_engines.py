@@ -1568,11 +1568,9 @@ class ApproxEngine(FaissEngine):
         return centre_document_vectors(dvec, self.centre)
 
     def _reduced(self, dvec: np.ndarray) -> np.ndarray:
-        """float32 reduced vectors of ``d~`` rows of the stored means (centred and shifted here;
-        :func:`~kl_retrievers.gaussian.reduce_document_vectors`)."""
-        assert self._norm_bound is not None
-        # the offset is applied by _shifted, the one place the engine shifts (offset 0 below: already shifted)
-        return reduce_document_vectors(self._shifted(self._centred(dvec)), 0.0, self._norm_bound, width=self.width)
+        """float32 reduced vectors of ``d~`` rows of the stored means (centred and shifted here; the offset is
+        applied by _shifted, the one place the engine shifts; :meth:`_reduce_shifted`)."""
+        return self._reduce_shifted(self._shifted(self._centred(dvec)))[0]
 
     def _reduce_shifted(self, shifted: np.ndarray, sq: np.ndarray | None = None) -> _Reduced:
         """float32 reduced vectors of centred, shifted ``d~`` rows and their norms, each row's squared norm computed

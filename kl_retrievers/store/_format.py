@@ -1079,28 +1079,27 @@ def read_gaussians(
     with checksums_first(expected):
         mean, var, sumlogvar, digests = _read_gaussians(paths, mmap, count, dim, on_block, checksums is not None)
         for path, digest in zip(paths, digests, strict=False):  # none where not verified
-            if digest.hexdigest() != expected[path]:
+            if digest != expected[path]:
                 raise _checksum_error(path)
     return mean, var, sumlogvar
 
 
 def _read_gaussians(
     paths: tuple[Path, Path], mmap: bool, count: int, dim: int, on_block: BlockCheck | None, hashed: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any]]:
-    """:func:`read_gaussians`' pass over the rows, each file's bytes hashed in it (``hashed``)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """:func:`read_gaussians`' pass over the rows, each file's bytes hashed in it (``hashed``): its SHA-256s."""
     mean = _read_array(paths[0], mmap, count, dim)
     var = _read_array(paths[1], mmap, count, dim)
-    digests, in_pass = [], []
+    # Each file's digest is taken in the pass below (its header here, then its rows: the file as written); a
+    # Fortran-order file (another program wrote it: the rows are not the file's byte order) is hashed apart.
+    in_pass: list[Any] = []
     for path, rows in zip(paths, (mean, var), strict=True) if hashed else ():
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            if rows.flags.c_contiguous:
-                digest.update(fh.read(read_npy_header(path)[2]))  # the header, as written before the rows
-            else:  # Fortran order (another program wrote it): the rows are not the file's byte order
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-        digests.append(digest)
-        in_pass.append(digest if rows.flags.c_contiguous else None)
+        digest = None
+        if rows.flags.c_contiguous:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                digest.update(fh.read(read_npy_header(path)[2]))
+        in_pass.append(digest)
     sumlogvar = np.zeros(count)
     for s in range(0, count, LOAD_BLOCK):
         m_block = np.asarray(mean[s : s + LOAD_BLOCK])
@@ -1119,6 +1118,7 @@ def _read_gaussians(
         sumlogvar[s : s + LOAD_BLOCK] = sums
         if on_block is not None:
             on_block(m_block, v_block, sums)
+    digests = [sha256_file(path) if d is None else d.hexdigest() for path, d in zip(paths, in_pass, strict=False)]
     return mean, var, sumlogvar, digests
 
 
