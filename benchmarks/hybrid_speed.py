@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from timing import CLOCKS, best_of
 
 from kl_retrievers.cli_common import positive_int
 from kl_retrievers.gaussian import Gaussians
@@ -57,19 +58,18 @@ _LANGS = ("en", "de", "fr")
 #: Results per search at which the KL half alone is timed.
 _DENSE_KS = (10, 25, 50, 100, 200)
 #: ``--clock``: what a measurement reads.
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def _best_ms(
     search: Callable[[int], object], n_queries: int, repeats: int, clock: Callable[[], float] = time.perf_counter
 ) -> float:
     """Best of ``repeats`` runs of ``n_queries`` searches by ``clock``: milliseconds per search."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = clock()
+
+    def run() -> None:
         for i in range(n_queries):
             search(i)
-        best = min(best, clock() - start)
+
+    (best,), _ = best_of(run, repeats, (clock,))
     return best / n_queries * 1000.0
 
 

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from timing import best_of
 
 import kl_retrievers
 from kl_retrievers.datasets import load_beir
@@ -171,12 +172,8 @@ def _synthetic(n: int, rng: np.random.Generator, docs: int) -> dict[str, Any]:
 
 
 def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    wall = cpu = float("inf")
-    out = None
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
+    """The best of ``repeats`` runs of ``fn`` by wall time and by CPU time, seconds, and its last result."""
+    (wall, cpu), out = best_of(fn, repeats, (time.perf_counter, time.process_time))
     return wall, cpu, out
 
 

@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from timing import best_of
 
 from kl_retrievers.gaussian import Gaussians, check_float32_scorable
 from kl_retrievers.store import KLStore
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+    """The best of ``repeat`` runs of ``fn`` by wall time, seconds, and its last result."""
+    (seconds,), out = best_of(fn, repeat)
+    return seconds, out
 
 
 def main(argv: list[str] | None = None) -> None:

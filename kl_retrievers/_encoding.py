@@ -21,9 +21,9 @@ import sys
 import threading
 import unicodedata
 import weakref
-from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Set
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, Sequence, Set
 from contextlib import contextmanager, nullcontext
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -52,6 +52,7 @@ __all__ = [
     "query_batch_size",
     "require_modules",
     "require_torch",
+    "shared_switch",
     "show_progress",
     "stderr_is_terminal",
     "warn_blank_documents",
@@ -67,6 +68,7 @@ TORCH_EXTRA = 'pip install "kl-retrievers[torch]"'
 _MODE_LOCK = threading.Lock()
 #: Encoder -> ``[number of encodings in progress, training mode to restore when the last one ends]``.
 _EVAL_HOLDS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+_T = TypeVar("_T")
 
 
 @contextmanager
@@ -77,20 +79,53 @@ def eval_mode(module: Any) -> Iterator[None]:
     the mode it had then once (the last one out), so a module in training mode never runs one of these
     blocks with dropout, and is left in training mode after them.
     """
-    with _MODE_LOCK:
-        hold = _EVAL_HOLDS.get(module)
+
+    def switch() -> bool:
+        training = bool(module.training)
+        module.eval()
+        return training
+
+    with shared_switch(_MODE_LOCK, _EVAL_HOLDS, module, switch, module.train):
+        yield
+
+
+@contextmanager
+def shared_switch(
+    lock: threading.Lock,
+    holds: MutableMapping[Any, list[Any]],
+    key: Any,
+    switch: Callable[[], _T],
+    restore: Callable[[_T], None],
+) -> Iterator[None]:
+    """Run the block with a switch that concurrent blocks on the same ``key`` share, safely across threads.
+
+    The first block in calls ``switch()``; the last one out calls ``restore`` with what ``switch`` returned.
+    ``holds`` (guarded by ``lock``) keeps ``[number of blocks in progress, what switch returned]`` for each key
+    while a block on it runs. One counting for :func:`eval_mode` and the ONNX quantiser's logging.
+
+    Examples:
+        >>> lock, holds, log = threading.Lock(), {}, []
+        >>> def on() -> None:
+        ...     log.append("on")
+        >>> with shared_switch(lock, holds, "k", on, lambda _: log.append("off")):
+        ...     with shared_switch(lock, holds, "k", on, lambda _: log.append("off")):
+        ...         log.append("body")
+        >>> log, holds
+        (['on', 'body', 'off'], {})
+    """
+    with lock:
+        hold = holds.get(key)
         if hold is None:
-            hold = _EVAL_HOLDS[module] = [0, bool(module.training)]
-            module.eval()
+            hold = holds[key] = [0, switch()]
         hold[0] += 1
     try:
         yield
     finally:
-        with _MODE_LOCK:
+        with lock:
             hold[0] -= 1
             if hold[0] == 0:
-                del _EVAL_HOLDS[module]
-                module.train(hold[1])
+                del holds[key]
+                restore(hold[1])
 
 
 def require_torch(what: str) -> None:

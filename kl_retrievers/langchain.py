@@ -1512,10 +1512,15 @@ def _check_first_values(vectors: np.ndarray, gaussians: Gaussians, name: str) ->
     """
     found = first_value_mismatch(vectors, gaussians)  # float32 rows round trip well within its tolerance
     if found is not None:
-        raise ValueError(
-            f"{name}[{found.row}] is not one: its first value is {vectors[found.row, 0]:.6g}, but the Gaussian its "
-            f"other values give has {found.expected:.6g} there ({found.mismatched} such vector(s))"
-        )
+        first = float(vectors[found.row, 0])
+        why = f"its first value is {first:.6g}"
+        if not np.isfinite(first):  # a d~ row's values must be finite, whatever the Gaussian gives there
+            why += ", not a finite number"
+            if not np.isfinite(found.expected):
+                why += f" (and the Gaussian its other values give has {found.expected:.6g} there)"
+        else:
+            why += f", but the Gaussian its other values give has {found.expected:.6g} there"
+        raise ValueError(f"{name}[{found.row}] is not one: {why} ({found.mismatched} such vector(s))")
 
 
 class _CachedKLEncoder:

@@ -56,6 +56,7 @@ from kl_retrievers._encoding import (
     longest_added_token,
     progress_bar,
     require_torch,
+    shared_switch,
 )
 from kl_retrievers._errors import KLRetrieversError, NothingSavedError
 from kl_retrievers._io import (
@@ -1110,9 +1111,9 @@ class _QuantiserLogging:
     fatal = critical
 
 
-#: Guards :data:`_QUANTISING` (threads in :func:`_quantiser_logging` now).
+#: Guards :data:`_QUANTISING`, the threads in :func:`_quantiser_logging` now (:func:`shared_switch`'s holds).
 _QUANTISER_LOCK = threading.Lock()
-_QUANTISING = [0]
+_QUANTISING: dict[str, list[Any]] = {}
 
 
 @contextmanager
@@ -1126,17 +1127,14 @@ def _quantiser_logging() -> Iterator[None]:
     all imported with it) is bound to a :class:`_QuantiserLogging` while any thread quantises, then back to the
     ``logging`` module: no other code logs differently meanwhile.
     """
-    with _QUANTISER_LOCK:
-        _QUANTISING[0] += 1
-        if _QUANTISING[0] == 1:
-            _bind_quantiser_logging(_QuantiserLogging())
-    try:
+    with shared_switch(
+        _QUANTISER_LOCK,
+        _QUANTISING,
+        _QUANTISER,
+        lambda: _bind_quantiser_logging(_QuantiserLogging()),
+        lambda _: _bind_quantiser_logging(logging),
+    ):
         yield
-    finally:
-        with _QUANTISER_LOCK:
-            _QUANTISING[0] -= 1
-            if _QUANTISING[0] == 0:
-                _bind_quantiser_logging(logging)
 
 
 def _bind_quantiser_logging(value: Any) -> None:

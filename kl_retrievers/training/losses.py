@@ -25,8 +25,9 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal, get_args
 
 import torch
@@ -74,7 +75,9 @@ def score_matrix(
     ``neg_kl`` is computed through the inner-product expansion (no ``n_q x n_d x k`` tensor):
     ``-KL = -1/2 sum_i [log vd - log vq - 1 + vq/vd + (mq - md)^2 / vd]``, after every mean is shifted by the
     queries' mean (``-KL`` does not change when both means move together; the shift is not differentiated), so
-    that the expansion's terms ``mu^2 / var`` stay small where means are large and variances small.
+    that the expansion's terms ``mu^2 / var`` stay small where means are large and variances small. Scores are
+    computed with ``torch.autocast`` turned off and half-precision inputs (float16, bfloat16) upcast to float32
+    (gradients still reach them), so that they rank the same inside a bf16 autocast region as outside it.
 
     Args:
         q_mean: ``(n_q, k)`` query means.
@@ -88,10 +91,12 @@ def score_matrix(
         >>> score_matrix(m, v, m + 1.0, v, "neg_kl")
         tensor([[-1.]])
     """
-    if similarity == "neg_kl":  # one shift of every mean (not differentiated) keeps the expansion's terms small
-        centre = q_mean.detach().mean(0)
-        q_mean, d_mean = q_mean - centre, d_mean - centre
-    return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: q @ d.T)
+    with _full_precision(q_mean):
+        q_mean, q_var, d_mean, d_var = _upcast(q_mean, q_var, d_mean, d_var)
+        if similarity == "neg_kl":  # one shift of every mean (not differentiated) keeps the expansion's terms small
+            centre = q_mean.detach().mean(0)
+            q_mean, d_mean = q_mean - centre, d_mean - centre
+        return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: q @ d.T)
 
 
 def score_candidates(
@@ -107,17 +112,41 @@ def score_candidates(
     against its own ``m`` documents. For ``neg_kl`` each query's candidates are first centred on its mean
     (``-KL`` does not change when both means move together; the shift is not differentiated): the expansion's
     terms ``mu^2 / var`` then stay as small as ``(mu_q - mu_d)^2 / var``, so that float32 keeps the
-    precision of the direct form where means are large and variances small.
+    precision of the direct form where means are large and variances small. Like :func:`score_matrix`, it runs
+    with autocast off and half-precision inputs upcast to float32.
 
     Examples:
         >>> q = torch.zeros(1, 2); d = torch.zeros(1, 3, 2)
         >>> score_candidates(q, q + 1, d, d + 1, "dot").shape
         torch.Size([1, 3])
     """
-    if similarity == "neg_kl":
-        centre = q_mean.detach()
-        q_mean, d_mean = q_mean - centre, d_mean - centre[:, None, :]
-    return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: (d @ q[:, :, None]).squeeze(-1))
+    with _full_precision(q_mean):
+        q_mean, q_var, d_mean, d_var = _upcast(q_mean, q_var, d_mean, d_var)
+        if similarity == "neg_kl":
+            centre = q_mean.detach()
+            q_mean, d_mean = q_mean - centre, d_mean - centre[:, None, :]
+        return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: (d @ q[:, :, None]).squeeze(-1))
+
+
+#: Where ``torch.autocast`` can be active (and is turned off around the scores).
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+@contextlib.contextmanager
+def _full_precision(like: torch.Tensor) -> Iterator[None]:
+    """Autocast off on ``like``'s device: the scores run in their inputs' precision (float32 at least).
+
+    ``-KL``'s inner-product expansion cancels large terms, so under bfloat16 or float16 autocast its matmuls
+    lose the within-row differences a ranking (or a softmax) needs.
+    """
+    device = like.device.type
+    with torch.autocast(device_type=device, enabled=False) if device in _AUTOCAST_DEVICES else contextlib.nullcontext():
+        yield
+
+
+def _upcast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Half-precision tensors (float16, bfloat16) as float32, differentiably; others unchanged."""
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
 
 
 def _scores(
