@@ -58,8 +58,10 @@ compare-and-set on collection properties, so a writer (any :meth:`MilvusKLStore.
 2. if it needs a larger ``M``, it stores the new ``M`` with version + 1 and a *rewrite pending* mark
    **before** changing any row, reads the properties back and starts over if another writer's
    value is there instead (write-then-verify: the closest Milvus allows to compare-and-set);
-3. it rewrites every row under the stored ``M`` (each from its recovered Gaussian), then marks the
-   rewrite done under a separate property key, and inserts its own rows;
+3. it rewrites every row under the stored ``M`` (each from its recovered Gaussian), reads the stored
+   publication again (two writers can both have read their own back in step 2: where another's replaced its
+   own, it rewrites every row again under that one, its mark of step 5 held all along, and starts over for its
+   own rows), then marks the rewrite done under a separate property key, and inserts its own rows;
 4. it re-reads ``M`` and ``o`` after inserting; if they changed meanwhile it starts over (rewriting
    its own rows, or every row when it had rewritten others' rows);
 5. a row rewrite reads pages and writes them back later, which would undo another client's upsert or
@@ -76,7 +78,8 @@ Guarantee: once every concurrent ``add`` has returned, every row is reduced with
 and ``o``, so rankings are exact (flat) or as good as a single writer's (HNSW / IVF).  While adds
 that raise ``M`` overlap, a search can briefly see rows under two bounds (a transient ranking
 error, never a wrong score: scores are always re-computed exactly; a ``prove_flat`` search that sees a new ``M``
-stored during its search, or a pending rewrite, goes to its float64 fallback instead).  A writer killed after storing
+stored during its search, a pending rewrite, or a row rewrite in progress, goes to its float64 fallback instead).
+A writer killed after storing
 a raised ``M`` leaves the rewrite pending: the next ``add`` (or :meth:`MilvusKLStore.repair`) by any
 process finishes it.  A write is not undone by a concurrent row rewrite (step 5), unless that rewrite
 stalls longer than :data:`_REWRITE_STALL_S`.  Concurrent adds that raise ``M`` may rewrite the collection
@@ -1963,10 +1966,16 @@ class MilvusKLStore(GaussianStore):
                         continue
                     rewrite, previous, wrote_props = True, state.norm_bound, True
                 if rewrite:
+                    followed = (self._state.version, self._state.writer)
                     try:
                         self._rewrite_rows(previous)
                     except _NeedsLargerBound as exc:
                         need, rewrote_all = max(need, exc.top), True
+                        continue
+                    if (self._state.version, self._state.writer) != followed:
+                        # another writer's publication replaced the one rewritten for: every row was rewritten
+                        # again under it, which may not cover this batch: start over from it
+                        rewrote_all = False
                         continue
                     rewrote_all, wrote_props = True, True
             bound, offset = self._state.norm_bound, self._state.offset
@@ -2116,6 +2125,11 @@ class MilvusKLStore(GaussianStore):
         its own (:data:`_REWRITE_GEN_KEY`, :data:`_REWRITING_PREFIX`) before it reads any row, updates the
         mark after every page and drops it at the end; every writer compares them before and after its
         write and writes again once the rewrite is over (:meth:`_rewrite_overlapped`).
+
+        Two writers can both read their own publication of one version back (:meth:`_publish`): after the last page
+        the rewrite reads the stored publication again, and where it is no longer the one it followed, it adopts the
+        stored one and rewrites every row again under it, its mark held all along (a search proves nothing while a
+        mark is there: :meth:`_rows_follow`), so that no row stays under the replaced ``M`` once the mark is gone.
         """
         state = self._state
         assert self._dim is not None and state.norm_bound is not None
@@ -2128,24 +2142,49 @@ class MilvusKLStore(GaussianStore):
         try:
             # inside the try: a call that raises after the server applied it (a lost reply) still drops the mark
             self._alter_properties({_REWRITE_GEN_KEY: token, mark: "0"})
-            for page in self._iter_all(self._fields("id", "vector", "text", "metadata")):
-                g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
-                dvec = np.asarray(kl_document_vectors(g))
-                top = reduction_norm_bound(dvec, offset)
-                if top > bound * (1.0 + NORM_BOUND_RTOL):  # beyond the float32 rounding of the stored rows
-                    raise _NeedsLargerBound(top)
-                vectors = reduce_document_vectors(dvec, offset, bound, width=self._vector_dim)
-                rows = [
-                    {"id": r["id"], "vector": v.tolist(), "text": r["text"], "metadata": r["metadata"]}
-                    for r, v in zip(page, vectors, strict=True)
-                ]
-                if self._has_added:  # kept: a rewrite changes no row's place among ties
-                    for row, r in zip(rows, page, strict=True):
-                        row[_ADDED_FIELD] = r.get(_ADDED_FIELD)
-                self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
-                rewritten += len(rows)
-                # progress: writers waiting for this rewrite tell it from an abandoned one (_REWRITE_STALL_S)
-                self._alter_properties({mark: str(rewritten)})
+            for attempt in range(_MAX_SYNC_ATTEMPTS + 1):
+                if attempt == _MAX_SYNC_ATTEMPTS:
+                    raise RuntimeError(
+                        f"Milvus collection {self.collection_name!r}: the L2-reduction bound M was replaced by "
+                        f"concurrent writers during each of {_MAX_SYNC_ATTEMPTS} rewrites of every row; retry, or "
+                        "call repair() once the other writers are done"
+                    )
+                for page in self._iter_all(self._fields("id", "vector", "text", "metadata")):
+                    g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
+                    dvec = np.asarray(kl_document_vectors(g))
+                    top = reduction_norm_bound(dvec, offset)
+                    if top > bound * (1.0 + NORM_BOUND_RTOL):  # beyond the float32 rounding of the stored rows
+                        raise _NeedsLargerBound(top)
+                    vectors = reduce_document_vectors(dvec, offset, bound, width=self._vector_dim)
+                    rows = [
+                        {"id": r["id"], "vector": v.tolist(), "text": r["text"], "metadata": r["metadata"]}
+                        for r, v in zip(page, vectors, strict=True)
+                    ]
+                    if self._has_added:  # kept: a rewrite changes no row's place among ties
+                        for row, r in zip(rows, page, strict=True):
+                            row[_ADDED_FIELD] = r.get(_ADDED_FIELD)
+                    self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
+                    rewritten += len(rows)
+                    # progress: writers waiting for this rewrite tell it from an abandoned one (_REWRITE_STALL_S)
+                    self._alter_properties({mark: str(rewritten)})
+                # two writers can both read their own publication of one version back (write-then-verify): the one
+                # whose publication was replaced finds out here, with its mark still held (searches prove nothing
+                # while it is there, _rows_follow), and rewrites every row again under the stored publication
+                now = self._read_state()
+                if (now.version, now.writer) == (version, writer):
+                    break
+                assert now.norm_bound is not None
+                logger.warning(
+                    "Milvus collection %r: another writer's publication of the L2-reduction bound M=%.6g (version "
+                    "%d) replaced the one this rewrite followed (M=%.6g, version %d); rewriting every row again "
+                    "under the stored one",
+                    self.collection_name,
+                    now.norm_bound,
+                    now.version,
+                    bound,
+                    version,
+                )
+                bound, offset, version, writer = now.norm_bound, now.offset, now.version, now.writer
             # a separate key: a late mark can only name its own publication, never hide a newer pending one
             done = json.dumps({"version": version, "writer": writer})
             self._alter_properties({_REWRITE_DONE_KEY: done})
@@ -2685,6 +2724,12 @@ class MilvusKLStore(GaussianStore):
                 hits.append(SearchResult(str(row["id"]), float(scores[j]), now["text"], dict(now["metadata"] or {})))
             results.append(hits)
         if stale:
+            # a winner rewritten since the search (another writer's raise of M) or replaced: the state is read again
+            # and the query vectors made under it, as the rows now stored were
+            with self._lock:
+                self._sync()
+                if self._dim == qg.dim and (self.metric == "IP" or self._state.norm_bound is not None):
+                    data, q64 = self._query_vectors(qg), self._query_centred(qg)
             again = search(data[stale], self._fields("vector", "text", "metadata"))
             for i, row in zip(stale, again, strict=True):
                 rows[i] = row
@@ -2771,6 +2816,7 @@ class MilvusKLStore(GaussianStore):
         scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (queries, rows, float64 scores)
         bound = np.zeros(0)
         first_scores: list[tuple[np.ndarray, np.ndarray]] = []  # the first pool's, scored for the bound
+        unfollowed: set[int] = set()  # queries whose candidates were under another M (_rows_follow)
 
         def rescore(qi: np.ndarray, lab: np.ndarray) -> np.ndarray:
             if first_scores and np.array_equal(first_scores[0][0], lab):  # refine_top_k's first re-scoring
@@ -2799,6 +2845,8 @@ class MilvusKLStore(GaussianStore):
                 kth = np.sort(first_scores[0][1], axis=1)[:, -kk]
                 bound = _flat_error_bound(q64, -kth, m, centre)
             # rows under another M than the query's: their float32 scores prove nothing (the fallback scores them)
+            if not follow:
+                unfollowed.update(int(i) for i in qi)  # the reason was logged by _rows_follow
             return lab, approx, bound[qi] if follow else np.full(qi.size, np.inf)
 
         def fallback(qi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -2813,13 +2861,24 @@ class MilvusKLStore(GaussianStore):
                     count,
                 )
             else:
+                moved = sum(int(i) in unfollowed for i in qi)
+                if not moved:
+                    why = "float32 rounding is too coarse for their documents' scores"
+                elif moved == qi.size:
+                    why = "their rows may not all have been under the bound M of their query vectors, as logged above"
+                else:
+                    why = (
+                        f"for {moved} of them the rows may not all have been under the bound M of their query "
+                        "vectors, as logged above; for the others float32 rounding is too coarse for their documents' "
+                        "scores"
+                    )
                 logger.warning(
                     "flat search: the float32 candidates of %d query(ies) are not provably enough for the exact top "
-                    "k=%d (float32 rounding is too coarse for their documents' scores), and %d rows match, above "
-                    "exact_threshold=%d: those results may miss documents (raise exact_threshold to score every "
-                    "matching row exactly)",
+                    "k=%d (%s), and %d rows match, above exact_threshold=%d: those results may miss documents (raise "
+                    "exact_threshold to score every matching row exactly)",
                     qi.size,
                     kk,
+                    why,
                     count,
                     self.exact_threshold,
                 )
@@ -2861,17 +2920,27 @@ class MilvusKLStore(GaussianStore):
         (harmless), but those a :meth:`repair` lowering ``M`` has not rewritten read too low, and the state does
         not tell the two apart.
 
-        Not covered (module docstring, *Guarantee*): rows under a larger ``M`` while no publication is pending, as
-        two writers that both believed their publication of one version won can leave until the loser notices.
+        Two writers that both read their own publication of one version back (:meth:`_publish`) rewrite the rows
+        under two bounds, and the winner can mark its rewrite done while the loser's still writes rows under the
+        replaced ``M``: so a row rewrite marked in progress (when ``state`` was read, or now) proves nothing either,
+        nor does one started in between (a new rewrite generation); the loser keeps its mark until it has rewritten
+        every row under the stored publication (:meth:`_rewrite_rows`).
         """
         if self.metric == "IP":
             return True
-        if not state.pending:
+        if state.rewriting:
+            why = "another writer was rewriting the rows when the search began"
+        elif not state.pending:
             info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
             now = self._stored_config(info)[1]
-            if (now.version, now.writer) == (state.version, state.writer):
+            same = (now.version, now.writer, now.rewrite_gen) == (state.version, state.writer, state.rewrite_gen)
+            if same and not now.rewriting:
                 return True
-            why = f"another writer stored M={now.norm_bound} (version {now.version}) since the search read it"
+            why = (
+                f"another writer stored M={now.norm_bound} (version {now.version}) since the search read it"
+                if (now.version, now.writer) != (state.version, state.writer)
+                else "another writer rewrote the rows during the search"
+            )
         else:
             why = "a rewrite of every row under a new M is pending (repair() finishes an abandoned one)"
         logger.warning(
