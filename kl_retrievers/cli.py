@@ -655,14 +655,25 @@ def _command_calibrator(scorer: Any, encoder: Any, command: str, level: int = lo
     return calibrator
 
 
-def _shown_confidence(conf: float | None) -> str:
+def _shown_confidence(conf: float | None, candidates: int | None = None) -> str:
     """The query line's confidence for ``demo`` and ``search``: 3 decimals, as an abstention's reason prints it.
+
+    Without a confidence, why when the reason is that only one document was a candidate (``candidates``: a
+    one-document store, or a filter that leaves one), so that the line does not read as a model without a
+    calibrator; empty otherwise.
 
     Examples:
         >>> _shown_confidence(0.2949), _shown_confidence(None)
         (', confidence 0.295', '')
+        >>> _shown_confidence(None, candidates=1)
+        ', no confidence: confidence needs 2 candidates, 1 found (a filter or a small store)'
     """
-    return "" if conf is None else f", confidence {conf:.3f}"
+    from kl_retrievers._confidence import too_few_candidates_reason
+
+    if conf is not None:
+        return f", confidence {conf:.3f}"
+    why = too_few_candidates_reason(candidates)
+    return "" if why is None else f", no confidence: {why}"
 
 
 def _min_confidence(text: str) -> float:
@@ -1016,7 +1027,8 @@ def _run_index(args: argparse.Namespace) -> int:
         needed = getattr(getattr(store, "_engine", None), "min_build_size", None)
         fewer = f"fewer than {needed()} documents" if callable(needed) else "too few documents"
         kind = f"{args.index_type} not built yet: {fewer}; searches are exact"
-    print(f"indexed {len(store)} documents ({kind}, k={store.dim}) into {args.out}")
+    documents = "document" if len(store) == 1 else "documents"
+    print(f"indexed {len(store)} {documents} ({kind}, k={store.dim}) into {args.out}")
     return 0
 
 
@@ -1385,7 +1397,8 @@ def _run_search(args: argparse.Namespace) -> int:
                 )
             )
             continue
-        shown = _shown_confidence(conf)
+        # why a calibrated query has no confidence, unless the abstention line below says it
+        shown = _shown_confidence(conf, None if calibrator is None or reason is not None else len(found))
         print(f"query: '{_printable(query)}'  (uncertainty {_signed(float(uncertainty[i]))}{shown})")
         if reason is not None:
             print(f"  abstained (no results): {reason}")

@@ -921,6 +921,14 @@ _QUERY_KWARGS = ("mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor")
 _ADD_HINT = " (KLVectorStore.add takes nodes, as VectorStoreIndex passes them)"
 
 
+#: How to abstain below a confidence in LlamaIndex: the store and the retrievers return every node they rank.
+_ABSTENTION_HINT = (
+    "to abstain below a confidence, add node_postprocessors=[KLConfidencePostprocessor(min_confidence=...)] to "
+    "the query engine, or run it on the retrieved nodes: KLConfidencePostprocessor(min_confidence=...)"
+    ".postprocess_nodes(nodes)"
+)
+
+
 def _warn_ignored_query_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
     """Warn about keyword arguments ``KLVectorStore.query`` ignores (e.g. ``top_k=``), naming what it reads.
 
@@ -928,9 +936,11 @@ def _warn_ignored_query_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
     """
     ignored = sorted(set(kwargs) - set(_QUERY_KWARGS))
     if ignored:
+        abstain = f"; {_ABSTENTION_HINT}" if "min_confidence" in ignored else ""
         warnings.warn(
             f"KLVectorStore.{where} ignores the keyword argument(s) {ignored}; it reads {list(_QUERY_KWARGS)} "
-            "(the number of results is VectorStoreQuery.similarity_top_k, the filters VectorStoreQuery.filters)",
+            "(the number of results is VectorStoreQuery.similarity_top_k, the filters VectorStoreQuery.filters)"
+            + abstain,
             UserWarning,
             stacklevel=user_stacklevel(),
         )
@@ -3751,14 +3761,18 @@ def _embed_model_encoder(where: str, encoder: Any, embed_model: Any) -> Any:
 _RETRIEVER_KEYWORD_HINTS = {
     "embed_model": "pass the KLEmbedding as encoder= (it takes a KLEmbedding or a Gaussian encoder), or build the "
     "retriever with KLRetriever.from_defaults(embed_model=...)",
+    "min_confidence": _ABSTENTION_HINT,
 }
 
 #: The same for :class:`KLHybridRetriever`'s constructor (its store's encoder encodes the queries).
-_HYBRID_RETRIEVER_KEYWORD_HINTS = dict.fromkeys(
-    ("encoder", "embed_model"),
-    "the store's encoder encodes the queries: build the store with it, KLHybridStore(encoder), or the retriever "
-    "with KLHybridRetriever.from_defaults(store=store, embed_model=...)",
-)
+_HYBRID_RETRIEVER_KEYWORD_HINTS = {
+    **dict.fromkeys(
+        ("encoder", "embed_model"),
+        "the store's encoder encodes the queries: build the store with it, KLHybridStore(encoder), or the retriever "
+        "with KLHybridRetriever.from_defaults(store=store, embed_model=...)",
+    ),
+    "min_confidence": _ABSTENTION_HINT,
+}
 
 
 def _split_documents(

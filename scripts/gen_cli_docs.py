@@ -79,7 +79,9 @@ the exit waits until that call returns. A SIGTERM that the parent process set to
 in a shell, some supervisors) stays ignored.
 
 **Text output.** `search` and `demo` print one line per query (`query: '...'  (uncertainty ...)`, with
-`, confidence P` when the model ships a calibrator), `  abstained (no results): REASON` for a query that
+`, confidence P` when the model ships a calibrator, or, when only one document matched (a one-document store,
+a filter that leaves one), `, no confidence: confidence needs 2 candidates, 1 found (a filter or a small store)`:
+the confidence reads the top two scores), `  abstained (no results): REASON` for a query that
 `--min-confidence` abstains on, and one line per hit (rank, `-KL=` score, `[id]` and the first 80 characters of the text). Control characters in
 queries, ids and texts (newlines, tabs, escape sequences, line and paragraph separators), lone surrogates and the
 bidirectional controls (U+202A-202E, U+2066-2069, U+200E, U+200F, U+061C) are shown escaped as Python writes
