@@ -57,7 +57,6 @@ from kl_retrievers.pretrained import BACKENDS, Backend, load_model
 _LANGS = ("en", "de", "fr")
 #: Results per search at which the KL half alone is timed.
 _DENSE_KS = (10, 25, 50, 100, 200)
-#: ``--clock``: what a measurement reads.
 
 
 def _best_ms(

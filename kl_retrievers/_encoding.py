@@ -82,7 +82,11 @@ def eval_mode(module: Any) -> Iterator[None]:
 
     def switch() -> bool:
         training = bool(module.training)
-        module.eval()
+        try:
+            module.eval()
+        except BaseException:  # torch switches the parent before its children: undo a half-done switch
+            module.train(training)
+            raise
         return training
 
     with shared_switch(_MODE_LOCK, _EVAL_HOLDS, module, switch, module.train):
@@ -100,6 +104,7 @@ def shared_switch(
     """Run the block with a switch that concurrent blocks on the same ``key`` share, safely across threads.
 
     The first block in calls ``switch()``; the last one out calls ``restore`` with what ``switch`` returned.
+    A ``switch`` that raises leaves no hold behind, so it must leave nothing half-switched either.
     ``holds`` (guarded by ``lock``) keeps ``[number of blocks in progress, what switch returned]`` for each key
     while a block on it runs. One counting for :func:`eval_mode` and the ONNX quantiser's logging.
 

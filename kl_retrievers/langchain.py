@@ -1513,13 +1513,11 @@ def _check_first_values(vectors: np.ndarray, gaussians: Gaussians, name: str) ->
     found = first_value_mismatch(vectors, gaussians)  # float32 rows round trip well within its tolerance
     if found is not None:
         first = float(vectors[found.row, 0])
-        why = f"its first value is {first:.6g}"
-        if not np.isfinite(first):  # a d~ row's values must be finite, whatever the Gaussian gives there
-            why += ", not a finite number"
-            if not np.isfinite(found.expected):
-                why += f" (and the Gaussian its other values give has {found.expected:.6g} there)"
-        else:
-            why += f", but the Gaussian its other values give has {found.expected:.6g} there"
+        gives = f"the Gaussian its other values give has {found.expected:.6g} there"
+        if np.isfinite(first):
+            why = f"its first value is {first:.6g}, but {gives}"
+        else:  # a d~ row's values must be finite, whatever the Gaussian gives there
+            why = f"its first value is {first:.6g}, not a finite number; {gives}"
         raise ValueError(f"{name}[{found.row}] is not one: {why} ({found.mismatched} such vector(s))")
 
 

@@ -58,3 +58,16 @@ def test_autocast_is_restored_after_scoring() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         score_matrix(qm, qv, qm, qv)
         assert (qm @ qm.T).dtype == torch.bfloat16
+
+
+def test_mixed_dtypes_are_scored_in_the_widest_one() -> None:
+    qm, qv = _gaussians(7, 3, k=16)
+    dm, dv = _gaussians(8, 20, k=16)
+    expected = score_matrix(qm.double(), qv.double(), dm.double(), dv.double())
+    got = score_matrix(qm.to(torch.bfloat16).double(), qv.double(), dm.half().double(), dv.double())
+    mixed = score_matrix(qm.to(torch.bfloat16), qv.double(), dm.half(), dv)
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(mixed, got)
+    assert expected.dtype == torch.float64
+    cands = score_candidates(qm.double(), qv, dm[:15].view(3, 5, -1).half(), dv[:15].view(3, 5, -1))
+    assert cands.dtype == torch.float64

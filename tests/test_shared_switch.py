@@ -77,3 +77,25 @@ def test_concurrent_blocks_switch_once_and_restore_once() -> None:
         t.join()
     assert events == ["on", "off"]
     assert holds == {}
+
+
+def test_eval_mode_undoes_a_half_done_switch() -> None:
+    """torch's ``Module.train(False)`` switches the parent before its children: a child that fails leaves a mix."""
+    torch = pytest.importorskip("torch")
+
+    class Flaky(torch.nn.Module):  # type: ignore[misc,name-defined]
+        fail = True
+
+        def train(self, mode: bool = True) -> Any:
+            if not mode and Flaky.fail:
+                Flaky.fail = False
+                raise RuntimeError("switch failed")
+            return super().train(mode)
+
+    module = torch.nn.Sequential(torch.nn.Dropout(0.5), Flaky(), torch.nn.Dropout(0.5)).train()
+    with pytest.raises(RuntimeError, match="switch failed"), eval_mode(module):
+        pass
+    assert module.training and all(m.training for m in module)  # back as it was, not half switched
+    with eval_mode(module):
+        assert not module.training and not any(m.training for m in module)
+    assert module.training and all(m.training for m in module)  # its training mode survived the failure

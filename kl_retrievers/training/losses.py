@@ -76,8 +76,9 @@ def score_matrix(
     ``-KL = -1/2 sum_i [log vd - log vq - 1 + vq/vd + (mq - md)^2 / vd]``, after every mean is shifted by the
     queries' mean (``-KL`` does not change when both means move together; the shift is not differentiated), so
     that the expansion's terms ``mu^2 / var`` stay small where means are large and variances small. Scores are
-    computed with ``torch.autocast`` turned off and half-precision inputs (float16, bfloat16) upcast to float32
-    (gradients still reach them), so that they rank the same inside a bf16 autocast region as outside it.
+    computed with ``torch.autocast`` turned off and the inputs in one dtype, float32 at least (half-precision
+    inputs upcast, gradients still reaching them; a float64 input makes all four float64), so that they rank
+    the same inside a bf16 autocast region as outside it.
 
     Args:
         q_mean: ``(n_q, k)`` query means.
@@ -113,7 +114,7 @@ def score_candidates(
     (``-KL`` does not change when both means move together; the shift is not differentiated): the expansion's
     terms ``mu^2 / var`` then stay as small as ``(mu_q - mu_d)^2 / var``, so that float32 keeps the
     precision of the direct form where means are large and variances small. Like :func:`score_matrix`, it runs
-    with autocast off and half-precision inputs upcast to float32.
+    with autocast off and the inputs in one dtype, float32 at least.
 
     Examples:
         >>> q = torch.zeros(1, 2); d = torch.zeros(1, 3, 2)
@@ -128,25 +129,42 @@ def score_candidates(
         return _scores(q_mean, q_var, d_mean, d_var, similarity, lambda q, d: (d @ q[:, :, None]).squeeze(-1))
 
 
-#: Where ``torch.autocast`` can be active (and is turned off around the scores).
-_AUTOCAST_DEVICES = ("cpu", "cuda")
+def _autocast_on(device: str) -> bool:
+    """Whether ``torch.autocast`` is active on ``device`` (any device type torch supports autocast on)."""
+    try:
+        return bool(torch.is_autocast_enabled(device))  # torch >= 2.4: every device type
+    except (TypeError, RuntimeError):  # older torch: CPU and CUDA have their own switches
+        if device == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return device == "cuda" and bool(torch.is_autocast_enabled())
 
 
 @contextlib.contextmanager
 def _full_precision(like: torch.Tensor) -> Iterator[None]:
-    """Autocast off on ``like``'s device: the scores run in their inputs' precision (float32 at least).
+    """Autocast off on ``like``'s device where it is on: the scores run in their inputs' precision.
 
     ``-KL``'s inner-product expansion cancels large terms, so under bfloat16 or float16 autocast its matmuls
-    lose the within-row differences a ranking (or a softmax) needs.
+    lose the within-row differences a ranking (or a softmax) needs. Outside autocast nothing is entered (the
+    ops of an ``autocast(enabled=False)`` region cost a few microseconds more).
     """
     device = like.device.type
-    with torch.autocast(device_type=device, enabled=False) if device in _AUTOCAST_DEVICES else contextlib.nullcontext():
+    if not _autocast_on(device):
+        yield
+        return
+    with torch.autocast(device_type=device, enabled=False):
         yield
 
 
 def _upcast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Half-precision tensors (float16, bfloat16) as float32, differentiably; others unchanged."""
-    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+    """The tensors in one floating dtype, differentiably: the widest of theirs, float32 at least.
+
+    Half-precision inputs (float16, bfloat16) become float32; a float64 input makes every one float64 (mixed
+    dtypes would otherwise fail in the matmuls).
+    """
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
 def _scores(
