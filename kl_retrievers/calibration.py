@@ -901,7 +901,7 @@ def hybrid_confidence(calibrator: ConfidenceCalibrator, candidates: Any) -> floa
     fitted on SQuAD questions, where no word in common nearly always meant no answer, give such a query
     a confidence near 0 even when the dense top document is right. (Giving such queries the dense
     calibrator's confidence instead was tried and reverted: on NFCorpus' training queries that BM25
-    matches nowhere, the dense top document is right for 7 of 127 with the default model; see
+    matches nowhere, the dense top document is right for 6 of 127 with the default model; see
     ``docs/hybrid.md``, "Abstention".)
 
     Args:
@@ -968,7 +968,7 @@ DEFAULT_HYBRID_FEATURES: tuple[str, ...] = (
 #: :data:`DEFAULT_MIN_CONFIDENCE` on the SQuAD *training* articles only (the best abstention F1 among
 #: thresholds answering >= 90% of the answerable half; ``python benchmarks/calibration.py fit --hybrid``
 #: prints it; the held-out curve: ``python benchmarks/abstention.py --hybrid --seeds 10``, docs/hybrid.md).
-DEFAULT_HYBRID_MIN_CONFIDENCE = 0.16
+DEFAULT_HYBRID_MIN_CONFIDENCE = 0.17
 
 
 def recommended_min_confidence(
@@ -1002,7 +1002,7 @@ def recommended_min_confidence(
 
     Examples:
         >>> recommended_min_confidence(), recommended_min_confidence(retriever="hybrid")
-        (0.3, 0.16)
+        (0.3, 0.17)
         >>> recommended_min_confidence("kl_retrievers:bge-small-unit-variance")
         0.27
     """

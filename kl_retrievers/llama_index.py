@@ -4311,7 +4311,8 @@ class KLHybridRetriever(_TopKRetriever):
     store keeps both halves in sync (add, upsert, delete, filters before ranking, save / load),
     scores every candidate with both retrievers, and its ``"adaptive"`` fusion chooses the dense
     weight per query from signals of both candidate lists (score statistics, BM25's coverage of the query, their
-    overlap; no shipped parameter file uses the query uncertainty).
+    overlap; of the shipped parameter files only the default model's stemmed one also reads the query
+    uncertainty).
 
     Args:
         store: The hybrid store (its encoder encodes the queries; a store loaded with

@@ -22,6 +22,7 @@ import pytest
 
 from kl_retrievers.gaussian import Gaussians, kl_document_vectors, neg_kl
 from kl_retrievers.milvus import MilvusKLStore
+from kl_retrievers.store import milvus as milvus_mod
 
 N, DIM, K = 400, 8, 5
 
@@ -106,6 +107,10 @@ def test_the_loser_of_one_version_rewrites_every_row_under_the_winners_bound(
     np.testing.assert_allclose(list(norms.values()), 2 * m0, rtol=1e-5)
     assert "replaced the one this rewrite followed" in caplog.text
     assert loser._state.writer == winner._state.writer  # the loser adopted the stored publication
+    # each rewrite logs the rows of its last pass and its passes (HEAD: the loser logged "rewrote 800 rows")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rewrote ")]
+    assert len(lines) == 2 and all(line.startswith(f"rewrote {N} rows ") for line in lines), lines
+    assert sorted("2 pass(es) over every row" in line for line in lines) == [False, True], lines
     assert _top(reader, q) == truth
     reader.close()
 
@@ -138,6 +143,7 @@ def test_a_search_proves_nothing_while_another_writers_rewrite_is_marked(
     # HEAD: proved a top k without the rows under 10 M0 (read ~50 M0 |q~| too low)
     assert got == truth
     assert "another writer was rewriting the rows when the search began" in caplog.text
+    assert "; call repair() if no writer is running" in caplog.text  # the mark could be a killed writer's
     reader.close()
 
 
@@ -205,3 +211,19 @@ def test_the_fallback_warning_names_the_changed_bound_not_float32_rounding(
     assert "float32 rounding is too coarse" not in text
     assert "may not all have been under the bound M of their query vectors" in text
     reader.close()
+
+
+def test_a_collection_re_created_during_the_rewrite_raises_a_runtime_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publication read after the last page has no ``M`` (the collection was dropped and re-created meanwhile):
+    a ``RuntimeError`` naming the collection, not a bare ``AssertionError`` (HEAD)."""
+    docs, ids, _ = _data()
+    store = _store(tmp_path)
+    store.add(gaussians=docs, ids=ids)
+    monkeypatch.setattr(store, "_read_state", lambda *a, **kw: milvus_mod._NO_REDUCTION)
+    with pytest.raises(RuntimeError, match=r"collection 'c' was re-created during the rewrite"):
+        store._rewrite_rows(None)
+    monkeypatch.undo()
+    assert not store._read_state().rewriting  # its mark was dropped all the same
+    store.close()

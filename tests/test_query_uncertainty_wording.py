@@ -44,4 +44,4 @@ def test_llama_index_hybrid_retriever_names_the_signals_adaptive_fusion_uses() -
 
     doc = re.sub(r"\s+", " ", KLHybridRetriever.__doc__ or "")
     assert "the query uncertainty and both lists' score statistics" not in doc
-    assert "no shipped parameter file uses the query uncertainty" in doc
+    assert "only the default model's stemmed one also reads the query uncertainty" in doc

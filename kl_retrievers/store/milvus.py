@@ -58,10 +58,12 @@ compare-and-set on collection properties, so a writer (any :meth:`MilvusKLStore.
 2. if it needs a larger ``M``, it stores the new ``M`` with version + 1 and a *rewrite pending* mark
    **before** changing any row, reads the properties back and starts over if another writer's
    value is there instead (write-then-verify: the closest Milvus allows to compare-and-set);
-3. it rewrites every row under the stored ``M`` (each from its recovered Gaussian), reads the stored
-   publication again (two writers can both have read their own back in step 2: where another's replaced its
-   own, it rewrites every row again under that one, its mark of step 5 held all along, and starts over for its
-   own rows), then marks the rewrite done under a separate property key, and inserts its own rows;
+3. it rewrites every row under the stored ``M`` (each from its recovered Gaussian) and reads the stored
+   publication again: where any other publication replaced the one it followed (the same version, as when two
+   writers both read their own back in step 2, or a later one), it adopts the stored one and rewrites every row
+   again under it, its mark of step 5 held all along, until the publication it followed is still the stored one.
+   Then it marks the publication it followed done under a separate property key and drops its mark; where that
+   was an adopted one, the ``add`` starts over from step 1 for its own rows, else it inserts them;
 4. it re-reads ``M`` and ``o`` after inserting; if they changed meanwhile it starts over (rewriting
    its own rows, or every row when it had rewritten others' rows);
 5. a row rewrite reads pages and writes them back later, which would undo another client's upsert or
@@ -2136,7 +2138,8 @@ class MilvusKLStore(GaussianStore):
         bound, offset, version, writer = state.norm_bound, state.offset, state.version, state.writer
         token = uuid.uuid4().hex
         mark = self._mark  # one key per client: where marks cannot be dropped, no empty key is left per rewrite
-        rewritten = 0
+        rewritten = 0  # every pass's rows: the mark's progress
+        passes = pass_rows = 0  # passes over every row, and the rows of the last one (logged)
         finished = False
         _own_marks().add(mark)
         try:
@@ -2149,6 +2152,7 @@ class MilvusKLStore(GaussianStore):
                         f"concurrent writers during each of {_MAX_SYNC_ATTEMPTS} rewrites of every row; retry, or "
                         "call repair() once the other writers are done"
                     )
+                passes, pass_rows = passes + 1, 0
                 for page in self._iter_all(self._fields("id", "vector", "text", "metadata")):
                     g = document_gaussians_from_vectors([r["vector"] for r in page], self._dim)
                     dvec = np.asarray(kl_document_vectors(g))
@@ -2165,6 +2169,7 @@ class MilvusKLStore(GaussianStore):
                             row[_ADDED_FIELD] = r.get(_ADDED_FIELD)
                     self._client.upsert(self.collection_name, rows, timeout=self.request_timeout)
                     rewritten += len(rows)
+                    pass_rows += len(rows)
                     # progress: writers waiting for this rewrite tell it from an abandoned one (_REWRITE_STALL_S)
                     self._alter_properties({mark: str(rewritten)})
                 # two writers can both read their own publication of one version back (write-then-verify): the one
@@ -2173,7 +2178,11 @@ class MilvusKLStore(GaussianStore):
                 now = self._read_state()
                 if (now.version, now.writer) == (version, writer):
                     break
-                assert now.norm_bound is not None
+                if now.norm_bound is None:
+                    raise RuntimeError(
+                        f"Milvus collection {self.collection_name!r} was re-created during the rewrite of its rows "
+                        "(its stored L2-reduction bound M is gone); retry on the new collection"
+                    )
                 logger.warning(
                     "Milvus collection %r: another writer's publication of the L2-reduction bound M=%.6g (version "
                     "%d) replaced the one this rewrite followed (M=%.6g, version %d); rewriting every row again "
@@ -2204,13 +2213,14 @@ class MilvusKLStore(GaussianStore):
                 _own_marks().discard(mark)  # only once the drop was tried: a write of this thread never waits for it
         self.rebuild_count += 1
         logger.warning(
-            "rewrote %d rows under the L2-reduction bound M=%.6g (version %d; %s)",
-            rewritten,
+            "rewrote %d rows under the L2-reduction bound M=%.6g (version %d; %s; %d pass(es) over every row)",
+            pass_rows,
             bound,
             version,
             f"raised from M={previous:.6g}"
             if previous is not None and previous != bound
             else "M unchanged: finishing a pending rewrite, or a repair",
+            passes,
         )
 
     def _drop_marks(self, marks: list[str]) -> None:
@@ -2928,7 +2938,9 @@ class MilvusKLStore(GaussianStore):
         """
         if self.metric == "IP":
             return True
+        hint = ""  # a rewrite mark can be one a killed writer left (dropped after _REWRITE_STALL_S by an add or repair)
         if state.rewriting:
+            hint = "; call repair() if no writer is running"
             why = "another writer was rewriting the rows when the search began"
         elif not state.pending:
             info = self._client.describe_collection(self.collection_name, timeout=self.timeout)
@@ -2936,6 +2948,8 @@ class MilvusKLStore(GaussianStore):
             same = (now.version, now.writer, now.rewrite_gen) == (state.version, state.writer, state.rewrite_gen)
             if same and not now.rewriting:
                 return True
+            if (now.version, now.writer) == (state.version, state.writer):
+                hint = "; call repair() if no writer is running"
             why = (
                 f"another writer stored M={now.norm_bound} (version {now.version}) since the search read it"
                 if (now.version, now.writer) != (state.version, state.writer)
@@ -2945,9 +2959,10 @@ class MilvusKLStore(GaussianStore):
             why = "a rewrite of every row under a new M is pending (repair() finishes an abandoned one)"
         logger.warning(
             "flat search: %s, so its float32 candidates cannot prove the top k of %d query(ies): sent to the "
-            "float64 fallback",
+            "float64 fallback%s",
             why,
             nq,
+            hint,
         )
         return False
 
