@@ -21,7 +21,8 @@ candidate of the union with both retrievers (the exact ``-KL`` and the BM25 scor
 * ``"adaptive"``: the same convex sum, but ``w`` is chosen per query from the query's signals
   (:data:`SIGNALS`: statistics of the two candidate lists and, optionally, the query uncertainty,
   the mean log-variance of its Gaussian, which of the shipped parameter files only the default model's
-  stemmed one reads: cross-validation on the training sets chose it by a tie, 0.6702 against 0.6701), ``w = sigmoid(bias + sum_i coef_i * (s_i - center_i) / scale_i)``,
+  stemmed one reads: cross-validation on the training sets chose it by a tie in the fourth decimal),
+  ``w = sigmoid(bias + sum_i coef_i * (s_i - center_i) / scale_i)``,
   with parameters fitted on training queries only (:func:`fit_adaptive`;
   ``python benchmarks/hybrid.py --fit`` for the default model). The fitted parameters of the
   default model ship in ``kl_retrievers/data/hybrid_adaptive.json``.
