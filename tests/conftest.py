@@ -251,6 +251,22 @@ def mock_llm_settings() -> Iterator[None]:
         Settings._llm, Settings._embed_model = saved
 
 
+def proving_milvus_store(path: Path, **kwargs: Any) -> Any:
+    """A flat L2 ``MilvusKLStore`` on a Milvus Lite file under ``path`` that proves its results (``prove_flat``)."""
+    from kl_retrievers.milvus import MilvusKLStore
+
+    return MilvusKLStore(
+        uri=str(path / "kl.db"),
+        collection_name="c",
+        index_type="flat",
+        metric="L2",
+        prove_flat=True,
+        rescore_pool=20,
+        rescore_factor=1,
+        **kwargs,
+    )
+
+
 def random_gaussians(n: int, k: int, *, seed: int = 0, dtype: type = np.float64) -> Gaussians:
     """Synthetic Gaussians with a realistic spread of variances (log-variance ~ N(0, 0.5^2))."""
     rng = np.random.default_rng(seed)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import proving_milvus_store
 from kl_retrievers.gaussian import Gaussians, kl_document_vectors
 from kl_retrievers.milvus import MilvusKLStore
 from kl_retrievers.store import KLStore, _engines
@@ -30,19 +31,6 @@ def _docs(n: int = N) -> tuple[Gaussians, list[str]]:
     rng = np.random.default_rng(0)
     docs = Gaussians(rng.normal(size=(n, DIM)), np.exp(rng.normal(0, 0.3, size=(n, DIM))))
     return docs, [f"d{i:03d}" for i in range(n)]
-
-
-def _store(path: Path, **kwargs: Any) -> MilvusKLStore:
-    return MilvusKLStore(
-        uri=str(path / "kl.db"),
-        collection_name="c",
-        index_type="flat",
-        metric="L2",
-        prove_flat=True,
-        rescore_pool=20,
-        rescore_factor=1,
-        **kwargs,
-    )
 
 
 def _rewrite(writer: MilvusKLStore, docs: Gaussians, ids: list[str], some: list[str]) -> None:
@@ -60,7 +48,7 @@ def test_a_bound_raised_during_the_search_sends_it_to_the_float64_scan(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     docs, ids = _docs()
-    reader = _store(tmp_path)
+    reader = proving_milvus_store(tmp_path)
     reader.add(gaussians=docs, ids=ids)
     q = Gaussians(np.asarray(docs.mean)[7:8] + 0.1, np.asarray(docs.var)[7:8])
     truth = _top(reader, q)
@@ -95,7 +83,7 @@ def test_a_bound_raised_during_the_search_sends_it_to_the_float64_scan(
 
 def test_a_pending_lowered_bound_proves_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     docs, ids = _docs()
-    reader = _store(tmp_path, norm_headroom=4.0)
+    reader = proving_milvus_store(tmp_path, norm_headroom=4.0)
     reader.add(gaussians=docs, ids=ids)
     q = Gaussians(np.asarray(docs.mean)[11:12] - 0.1, np.asarray(docs.var)[11:12])
     truth = _top(reader, q)
@@ -187,7 +175,7 @@ def test_the_state_is_read_again_only_where_the_bound_proves_something(tmp_path:
     """A first search that returns every matching row (15, within the pool of 20) re-scores them all and uses no
     bound: no second read of the state; a pool of 20 out of 400 rows: one more ``describe_collection`` after it."""
     docs, ids = _docs(n)
-    store = _store(tmp_path)
+    store = proving_milvus_store(tmp_path)
     store.add(gaussians=docs, ids=ids)
     real = store.client.describe_collection
     calls: list[str] = []

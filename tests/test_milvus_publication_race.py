@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import proving_milvus_store
 from kl_retrievers.gaussian import Gaussians, kl_document_vectors, neg_kl
 from kl_retrievers.milvus import MilvusKLStore
 from kl_retrievers.store import milvus as milvus_mod
@@ -39,19 +40,6 @@ def _data() -> tuple[Gaussians, list[str], Gaussians]:
     return docs, ids, q
 
 
-def _store(path: Path, **kwargs: Any) -> MilvusKLStore:
-    return MilvusKLStore(
-        uri=str(path / "kl.db"),
-        collection_name="c",
-        index_type="flat",
-        metric="L2",
-        prove_flat=True,
-        rescore_pool=20,
-        rescore_factor=1,
-        **kwargs,
-    )
-
-
 def _top(store: MilvusKLStore, q: Gaussians) -> list[str]:
     return [r.id for r in store.search(q, k=K)]
 
@@ -69,7 +57,7 @@ def test_the_loser_of_one_version_rewrites_every_row_under_the_winners_bound(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     docs, ids, q = _data()
-    reader = _store(tmp_path)
+    reader = proving_milvus_store(tmp_path)
     reader.add(gaussians=docs, ids=ids)
     truth = _top(reader, q)
     assert truth == [f"a{i}" for i in range(K)]
@@ -121,7 +109,7 @@ def test_a_search_proves_nothing_while_another_writers_rewrite_is_marked(
     """The loser's rewrite still running (its mark stored, the query's top k under its larger M) after the winner
     marked its own done: nothing is pending, the publication does not change during the search."""
     docs, ids, q = _data()
-    reader = _store(tmp_path)
+    reader = proving_milvus_store(tmp_path)
     reader.add(gaussians=docs, ids=ids)
     truth = _top(reader, q)
     loser = MilvusKLStore(client=reader.client, collection_name="c")
@@ -184,7 +172,8 @@ def test_the_fallback_warning_names_the_changed_bound_not_float32_rounding(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     docs, ids, q = _data()
-    reader = _store(tmp_path, exact_threshold=10)  # 400 rows match: the fallback re-scores the best, with a warning
+    # 400 rows match: the fallback re-scores the best, with a warning
+    reader = proving_milvus_store(tmp_path, exact_threshold=10)
     reader.add(gaussians=docs, ids=ids)
     writer = MilvusKLStore(client=reader.client, collection_name="c")
     real = reader.client.search
@@ -219,7 +208,7 @@ def test_a_collection_re_created_during_the_rewrite_raises_a_runtime_error(
     """The publication read after the last page has no ``M`` (the collection was dropped and re-created meanwhile):
     a ``RuntimeError`` naming the collection, not a bare ``AssertionError`` (HEAD)."""
     docs, ids, _ = _data()
-    store = _store(tmp_path)
+    store = proving_milvus_store(tmp_path)
     store.add(gaussians=docs, ids=ids)
     monkeypatch.setattr(store, "_read_state", lambda *a, **kw: milvus_mod._NO_REDUCTION)
     with pytest.raises(RuntimeError, match=r"collection 'c' was re-created during the rewrite"):
